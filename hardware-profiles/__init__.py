@@ -1,0 +1,1 @@
+"""Hardware profiles shipped with edgeml: one TOML file per target."""

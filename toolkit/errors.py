@@ -1,0 +1,48 @@
+"""The error families of edgeml, each carrying the exit code the CLI turns it into.
+
+Families are split by whose fault a failure is (DESIGN.md, exit codes):
+
+- 2, bad usage or bad input: ``InputError``, ``ConfigError``, ``ProfileError``, ``ConversionError``
+- 3, refused for security: ``BundleError`` (signature, hash, untrusted key, entries, sizes)
+- 4, a quality gate failed: ``GateError`` (budgets, conversion that does not reproduce its source)
+
+Anything else that escapes is a bug and exits 1. The CLI catches ``EdgeMLError`` once.
+"""
+
+from __future__ import annotations
+
+
+class EdgeMLError(Exception):
+    """Root of every error edgeml raises on purpose."""
+
+    exit_code: int = 1
+
+
+class InputError(EdgeMLError):
+    """A file, row, column or argument the user gave is wrong."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A configuration file (agent config, key file) is missing a key or holds a wrong value."""
+
+
+class ProfileError(ConfigError):
+    """A hardware profile is unknown or its TOML is invalid."""
+
+
+class ConversionError(InputError):
+    """A model cannot be loaded or converted (unsupported estimator, untrusted skops types)."""
+
+
+class BundleError(EdgeMLError):
+    """A bundle was refused: signature, hash, key, entries or sizes do not verify."""
+
+    exit_code = 3
+
+
+class GateError(EdgeMLError):
+    """A quality gate failed: a budget is broken or the ONNX model does not match its source."""
+
+    exit_code = 4
