@@ -105,7 +105,7 @@ def prepare_validation(
 def target_labels(target: Column, classes: Sequence[object] | None) -> np.ndarray:
     """The target as an array comparable with the model's labels."""
     values = target.values
-    if classes and all(isinstance(c, int | np.integer) for c in classes) and target.kind == "float":
-        if np.all(values == np.round(values)):
-            return values.astype(np.int64)
+    integral_classes = bool(classes) and all(isinstance(c, int | np.integer) for c in classes)
+    if integral_classes and target.kind == "float" and np.all(values == np.round(values)):
+        return values.astype(np.int64)
     return values

@@ -38,7 +38,7 @@ from edgeml.toolkit.bundle import (
 )
 from edgeml.toolkit.contract import DataContract
 from edgeml.toolkit.errors import ConversionError, GateError, InputError
-from edgeml.toolkit.golden import GoldenSet, OutputComparison, OutputTolerance, compare_outputs
+from edgeml.toolkit.golden import GoldenSet, OutputComparison, compare_outputs
 from edgeml.toolkit.manifest import (
     BUNDLE_SUFFIX,
     NAME_PATTERN,
@@ -184,7 +184,8 @@ def _onnx_task(outputs: Sequence[TensorSpec], path: Path) -> str:
     shown = ", ".join(f"{o.name}:{o.dtype}" for o in outputs)
     raise ConversionError(
         f"{path}: cannot tell the task from the outputs ({shown}); edgeml expects [label, "
-        "probabilities] for a classifier (export with zipmap=False) or one float output for a regressor"
+        "probabilities] for a classifier (export with zipmap=False) or one float output "
+        "for a regressor"
     )
 
 
@@ -257,11 +258,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
-
-
-def _tolerance(profile: HardwareProfile) -> OutputTolerance:
-    t = profile.tolerance
-    return OutputTolerance(t.label_agreement, t.probability_atol, t.value_rtol, t.value_atol)
 
 
 def _convert(
@@ -378,7 +374,7 @@ def _build_profile(
 ) -> ProfileBuild:
     bid = bundle_id(name, request.version, profile.name)
     result = ProfileBuild(profile, bid, request.out_dir / f"{bid}{BUNDLE_SUFFIX}")
-    tolerance = _tolerance(profile)
+    tolerance = profile.tolerance
 
     step("converting")
     model_bytes, passes = _convert(source, profile, cache)
@@ -626,11 +622,13 @@ def build_bundles(
     data = prepare_validation(table, request.target, source.feature_names, source.n_features)
     if data.ignored_columns:
         collect(
-            f"{request.validation_path.name}: columns the model does not use are ignored: {', '.join(data.ignored_columns)}"
+            f"{request.validation_path.name}: columns the model does not use are ignored: "
+            + ", ".join(data.ignored_columns)
         )
     if request.calibration_path is not None:
         collect(
-            "--calibration is read by static quantization, which this build does not apply yet; ignored"
+            "--calibration is read by static quantization, which this build does not apply "
+            "yet; ignored"
         )
 
     cache: dict[int, tuple[bytes, list[dict[str, Any]]]] = {}

@@ -66,10 +66,12 @@ def report_markdown(document: dict[str, Any]) -> str:
         bundled = metrics.get("bundled", {}).get(primary)
         latency = p["latency"]
         lines.append(
-            f"| {p['profile']} | {p['bundle_id']} | {p['precision']} | {primary} {_figure(source)} → "
-            f"{_figure(bundled)} | {_figure(metrics.get('drop_points'))} | {p['bundle_bytes']} | "
-            f"{_figure(latency.get('single_row_ms_p50'))} | {_figure(latency.get('batch_rows_per_s'))} | "
-            f"{'passed' if p['passed'] else 'FAILED'} |"
+            f"| {p['profile']} | {p['bundle_id']} | {p['precision']} "
+            f"| {primary} {_figure(source)} → {_figure(bundled)} "
+            f"| {_figure(metrics.get('drop_points'))} | {p['bundle_bytes']} "
+            f"| {_figure(latency.get('single_row_ms_p50'))} "
+            f"| {_figure(latency.get('batch_rows_per_s'))} "
+            f"| {'passed' if p['passed'] else 'FAILED'} |"
         )
     for p in document["profiles"]:
         lines += [

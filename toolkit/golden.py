@@ -12,25 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeml.toolkit.errors import BundleError
+from edgeml.toolkit.errors import BundleError, ProfileError
+from edgeml.toolkit.profiles import Tolerance
 from edgeml.toolkit.runtime import ModelOutputs
-
-
-@dataclass(frozen=True)
-class OutputTolerance:
-    """How closely two models' outputs must match.
-
-    Labels must be identical on at least ``label_agreement`` of the rows; probabilities within
-    ``probability_atol``; regression values within ``value_atol + value_rtol * |expected|``.
-    """
-
-    label_agreement: float = 0.999
-    probability_atol: float = 1e-3
-    value_rtol: float = 1e-3
-    value_atol: float = 1e-4
-
-    def to_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -39,7 +23,7 @@ class GoldenSet:
 
     rows: np.ndarray
     expected: ModelOutputs
-    tolerance: OutputTolerance
+    tolerance: Tolerance
 
     def to_dict(self) -> dict[str, Any]:
         expected: dict[str, Any] = {}
@@ -72,8 +56,8 @@ class GoldenSet:
                 if "values" in expected
                 else None,
             )
-            tolerance = OutputTolerance(**{k: float(v) for k, v in data["tolerance"].items()})
-        except (KeyError, TypeError, ValueError) as error:
+            tolerance = Tolerance.from_dict(data["tolerance"])
+        except (KeyError, TypeError, ValueError, ProfileError) as error:
             raise BundleError(f"golden.json: malformed ({error!r})") from error
         if rows.ndim != 2 or rows.shape[0] == 0:
             raise BundleError("golden.json: holds no rows")
@@ -129,7 +113,7 @@ def _same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def compare_outputs(
     actual: ModelOutputs,
     expected: ModelOutputs,
-    tolerance: OutputTolerance,
+    tolerance: Tolerance,
     *,
     every_row: bool = False,
 ) -> OutputComparison:
