@@ -405,7 +405,7 @@ def _build_profile(
     result.notes.extend(str(w.message) for w in caught)
     source_outputs = _source_outputs(source, data, inputs)
     bundled_outputs = run_model(session, inputs, source.task, data.matrix)
-    if source.sklearn is not None and not source.sklearn.has_probabilities:
+    if source.task == "classification" and source.sklearn and not source.sklearn.has_probabilities:
         source_outputs = ModelOutputs(labels=source_outputs.labels)
         bundled_outputs = ModelOutputs(labels=bundled_outputs.labels)
     agreement = compare_outputs(bundled_outputs, source_outputs, tolerance)

@@ -1,0 +1,46 @@
+"""The layering of DESIGN.md: the device side never loads the build stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BUILD_STACK = ("onnx", "skl2onnx", "sklearn", "onnxconverter_common", "skops", "scipy")
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    return {line.split(".")[0] for line in done.stdout.splitlines()}
+
+
+def test_verifying_and_running_a_bundle_never_imports_the_build_stack() -> None:
+    modules = loaded_after(
+        "import edgeml.toolkit.bundle, edgeml.toolkit.runtime, edgeml.toolkit.golden, "
+        "edgeml.toolkit.drift, edgeml.toolkit.contract, edgeml.toolkit.tabular, "
+        "edgeml.toolkit.profiles, edgeml.toolkit.trust, edgeml.agent, edgeml.fleet"
+    )
+    assert not modules & set(BUILD_STACK), modules & set(BUILD_STACK)
+
+
+def test_the_cli_root_loads_the_build_stack_only_when_building() -> None:
+    modules = loaded_after("import edgeml.toolkit.cli")
+    assert not modules & set(BUILD_STACK), modules & set(BUILD_STACK)
+
+
+def test_the_kernel_never_imports_a_side() -> None:
+    import re
+    from pathlib import Path
+
+    pattern = re.compile(r"^\s*(?:from|import)\s+edgeml\.(converters|agent|fleet)\b", re.MULTILINE)
+    root = Path(__file__).resolve().parents[1] / "toolkit"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "cli" in path.relative_to(root).parts:
+            continue
+        offenders += [
+            f"{path.name} imports edgeml.{side}" for side in pattern.findall(path.read_text())
+        ]
+    assert offenders == []
