@@ -133,10 +133,14 @@ def build(
         table.add_column(column)
     for b in result.builds:
         primary = b.metrics["primary"]
-        gates = ", ".join(f"{g.gate}: {g.status}" for g in b.gates)
+        failed = [g.gate for g in b.gates if g.status == "failed"]
+        unchecked = [g.gate for g in b.gates if g.status == "not checked"]
+        gates = "failed: " + ", ".join(failed) if failed else "all passed"
+        if unchecked:
+            gates += f" ({', '.join(unchecked)} not checked)"
         table.add_row(
             b.profile.name,
-            str(b.bundle_path),
+            b.bundle_path.name,
             b.precision,
             f"{primary} {b.metrics['source'][primary]:.4f} → {b.metrics['bundled'][primary]:.4f}",
             f"{b.bundle_size:,} B",
