@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
+from typing import Any
+
 import typer
 
 from edgeml.toolkit.cli import app
@@ -12,11 +13,11 @@ from edgeml.toolkit.cli import app
 CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
-def all_commands(group: click.Group, prefix: str = "edgeml") -> dict[str, click.Command]:
-    found: dict[str, click.Command] = {}
+def all_commands(group: Any, prefix: str = "edgeml") -> dict[str, Any]:
+    found: dict[str, Any] = {}
     for name, command in group.commands.items():
         path = f"{prefix} {name}"
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):
             found.update(all_commands(command, path))
         else:
             found[path] = command

@@ -74,10 +74,8 @@ def handles_errors(command: Command) -> Command:
         except (SystemExit, KeyboardInterrupt):
             raise
         except Exception as error:
-            import click
-
-            if isinstance(error, click.exceptions.ClickException | click.exceptions.Exit):
-                raise
+            if type(error).__module__.startswith(("typer", "click")):
+                raise  # the CLI framework's own exits and usage errors
             report_bug(error)
 
     return wrapper  # type: ignore[return-value]
