@@ -22,6 +22,7 @@ import stat
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -43,6 +44,18 @@ GOLDEN = "golden.json"
 REQUIRED_ENTRIES = (MODEL, BASELINE, GOLDEN)
 SIGNATURE_ALGORITHM = "ed25519"
 ZIP_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip can hold
+ZIP_LAST = 4354819199  # 2107-12-31T23:59:59Z, the latest
+RESERVED_ENTRIES = (MANIFEST, SIGNATURE)
+# What a damaged archive can raise while it is opened or read: all mean "refuse the bundle".
+DAMAGED_ARCHIVE = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,8 @@ def _zip_timestamp() -> tuple[int, int, int, int, int, int]:
             epoch = max(ZIP_EPOCH, int(raw))
         except ValueError:
             raise BundleError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer") from None
+        if epoch > ZIP_LAST:
+            raise BundleError(f"SOURCE_DATE_EPOCH={raw} is after 2107, the last time a zip holds")
     return time.gmtime(epoch)[:6]  # type: ignore[return-value]
 
 
@@ -166,6 +181,13 @@ def bundle_bytes(
     for name in REQUIRED_ENTRIES:
         if name not in entries:
             raise BundleError(f"a bundle needs the entry {name}")
+    for name in entries:
+        if name in RESERVED_ENTRIES:
+            raise BundleError(f"{name} is written by the signer, not given as an entry")
+        try:
+            _check_name(name)
+        except _Failed as failure:
+            raise BundleError(failure.detail) from None
     digests = {
         name: EntryDigest(hashlib.sha256(data).hexdigest(), len(data))
         for name, data in entries.items()
@@ -222,8 +244,13 @@ def _check_name(name: str) -> None:
 
 def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     """Read an entry but never more than ``limit`` bytes, whatever its header says."""
-    with archive.open(info) as handle:
-        data = handle.read(limit + 1)
+    try:
+        with archive.open(info) as handle:
+            data = handle.read(limit + 1)
+    except DAMAGED_ARCHIVE as error:
+        raise _Failed(
+            "archive", f"entry {info.filename} cannot be read (damaged): {error}"
+        ) from None
     if len(data) > limit:
         raise _Failed("sizes", f"entry {info.filename} is larger than {limit} bytes")
     return data
@@ -247,7 +274,7 @@ def _run_checks(
         )
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
+    except DAMAGED_ARCHIVE as error:
         raise _Failed(
             "archive", f"not a readable bundle archive (truncated or damaged): {error}"
         ) from None
@@ -350,10 +377,7 @@ def _run_checks(
                     "sizes",
                     f"entry {name} expands {info.file_size // info.compress_size}x, over the limit",
                 )
-            try:
-                data = _read_entry(archive, info, stated.size)
-            except (zipfile.BadZipFile, OSError, EOFError) as error:
-                raise _Failed("hashes", f"entry {name} cannot be read: {error}") from None
+            data = _read_entry(archive, info, stated.size)
             if len(data) != stated.size:
                 raise _Failed(
                     "sizes",
@@ -449,5 +473,5 @@ def read_manifest_unverified(path: Path | str) -> tuple[Manifest, str | None]:
             except (KeyError, json.JSONDecodeError):
                 kid = None
         return Manifest.from_dict(json.loads(manifest_bytes)), kid
-    except (zipfile.BadZipFile, OSError, KeyError, json.JSONDecodeError, _Failed) as error:
+    except (*DAMAGED_ARCHIVE, KeyError, _Failed) as error:
         raise BundleError(f"{path}: not a readable bundle: {error}") from None

@@ -135,13 +135,17 @@ def generate_key_pair(
 
 
 def _read_key_file(path: Path) -> bytes:
+    if not path.exists():
+        raise ConfigError(f"key file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"key file {path} is not a file")
     try:
         size = path.stat().st_size
-    except FileNotFoundError:
-        raise ConfigError(f"key file {path} does not exist") from None
-    if size > MAX_KEY_FILE_BYTES:
-        raise ConfigError(f"key file {path} is {size} bytes, too large to be a key")
-    return path.read_bytes()
+        if size > MAX_KEY_FILE_BYTES:
+            raise ConfigError(f"key file {path} is {size} bytes, too large to be a key")
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"key file {path} cannot be read: {error.strerror}") from None
 
 
 def private_key_is_exposed(path: Path) -> bool:
@@ -178,7 +182,11 @@ def load_private_key(path: Path, passphrase_env: str = PASSPHRASE_ENV) -> Ed2551
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        reason = "wrong passphrase or damaged file" if encrypted else "not a PEM private key"
+        reason = (
+            f"wrong passphrase in {passphrase_env} or damaged file"
+            if encrypted
+            else "not a PEM private key"
+        )
         raise ConfigError(f"key file {path} cannot be loaded: {reason}") from error
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"key file {path} holds a {type(key).__name__}, not an Ed25519 key")

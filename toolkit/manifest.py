@@ -79,6 +79,15 @@ class TensorSpec:
         )
 
 
+def _entry_digest(name: str, data: Any) -> EntryDigest:
+    size, digest = data["size"], data["sha256"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"entry {name}: size {size!r} is not a non-negative integer")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError(f"entry {name}: sha256 {digest!r} is not 64 hex digits")
+    return EntryDigest(digest, size)
+
+
 _KNOWN = {
     "format",
     "format_version",
@@ -193,10 +202,7 @@ class Manifest:
                 f"(this edgeml reads version {FORMAT_VERSION})"
             )
         try:
-            entries = {
-                str(name): EntryDigest(str(d["sha256"]), int(d["size"]))
-                for name, d in data["entries"].items()
-            }
+            entries = {str(name): _entry_digest(name, d) for name, d in data["entries"].items()}
             manifest = cls(
                 name=str(data["name"]),
                 version=str(data["version"]),
@@ -216,7 +222,7 @@ class Manifest:
                 format_version=int(data["format_version"]),
                 extra={k: v for k, v in data.items() if k not in _KNOWN},
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise BundleError(f"manifest.json: missing or malformed field ({error!r})") from error
         if data.get("bundle_id", manifest.bundle_id) != manifest.bundle_id:
             raise BundleError(

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import TrainedModel
 from typer.testing import CliRunner
 
-from conftest import TrainedModel
 from edgeml.toolkit.cli import app
 
 runner = CliRunner()

@@ -185,13 +185,6 @@ def test_inspect_a_manifest_that_is_not_json_exits_3(tmp_path: Path, built_bundl
     assert result.exit_code == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: toolkit/bundle.py read_manifest_unverified (line 452) catches only "
-    "BadZipFile/OSError/KeyError/JSONDecodeError, so a damaged manifest entry "
-    "(NotImplementedError for an unknown compression method; likewise zlib.error, EOFError, "
-    "RuntimeError) makes `edgeml inspect` exit 1 with a 'bug' trace instead of 3",
-)
 def test_inspect_a_damaged_manifest_entry_exits_3(tmp_path: Path, built_bundle: Path) -> None:
     manifest = zipfile.ZipFile(built_bundle).read("manifest.json")
     path = copy_with_manifest(built_bundle, tmp_path / "b.edgeml", manifest, 99)
@@ -199,13 +192,6 @@ def test_inspect_a_damaged_manifest_entry_exits_3(tmp_path: Path, built_bundle: 
     assert result.exit_code == 3, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: toolkit/manifest.py Manifest.from_dict: int(d['size']) (line 197) raises "
-    "OverflowError for a JSON size of 1e999/Infinity, which the except at line 219 does not "
-    "catch, so `edgeml inspect` exits 1 instead of 3 (and check_bundle would raise for such "
-    "a manifest signed by a trusted key)",
-)
 def test_inspect_a_manifest_with_an_infinite_size_exits_3(
     tmp_path: Path, built_bundle: Path
 ) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TrainedModel, train_model, write_csv
 from sklearn.linear_model import LogisticRegression
 
-from conftest import TrainedModel, train_model, write_csv
 from edgeml.converters.pipeline import BuildRequest, build_bundles
 from edgeml.toolkit.bundle import GOLDEN, MODEL, verify_bundle
 from edgeml.toolkit.errors import ConversionError, GateError, InputError
@@ -159,7 +159,7 @@ def test_onnx_model_above_the_profile_opset_is_refused(
     )
     path = tmp_path / "cancer.onnx"
     path.write_bytes(onnx_model.SerializeToString())
-    with pytest.raises(ConversionError, match="opset 21.*at most 17"):
+    with pytest.raises(ConversionError, match=r"opset 21.*at most 17"):
         build_bundles(
             request_for(logreg, key_dir, tmp_path / "out", "raspberry-pi-4", model_path=path)
         )

@@ -419,16 +419,6 @@ def _future_zip_version(info: zipfile.ZipInfo) -> None:
     info.extract_version = 99
 
 
-def bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
-
-
-UNGUARDED_READ = (
-    "toolkit/bundle.py _run_checks: archive reads of signature.json and manifest.json "
-    "(lines 279-281, 295) are not guarded at all, and payload reads (line 353-356) catch only "
-    "BadZipFile/OSError/EOFError, so a damaged entry escapes as {error} instead of a refusal"
-)
-
 CASES = {
     # a changed byte in each entry, original manifest and signature kept
     "changed-byte-model.onnx": Case(_replace("model.onnx", flip_byte), "hashes"),
@@ -528,7 +518,7 @@ CASES = {
 
 # Damaged archives that must be refused too; today they escape as unhandled exceptions.
 # Which check should name them is the fix's choice, so any refusal will do.
-BUG_CASES = {
+DAMAGED_ARCHIVE_CASES = {
     "bad-deflate-model.onnx": Case(_bad_deflate("model.onnx"), None),
     "bad-deflate-signature.json": Case(_bad_deflate("signature.json"), None),
     "bad-crc-manifest.json": Case(_patch_central("manifest.json", _bad_crc), None),
@@ -539,28 +529,11 @@ BUG_CASES = {
     "future-zip-version": Case(_patch_central("model.onnx", _future_zip_version), None),
     "manifest-size-infinity": Case(_resign(_set_size("model.onnx", float("inf"))), "manifest"),
 }
-BUG_REASONS = {
-    "bad-deflate-model.onnx": UNGUARDED_READ.format(error="zlib.error"),
-    "bad-deflate-signature.json": UNGUARDED_READ.format(error="zlib.error"),
-    "bad-crc-manifest.json": UNGUARDED_READ.format(error="zipfile.BadZipFile (Bad CRC-32)"),
-    "unknown-compression-golden.json": UNGUARDED_READ.format(error="NotImplementedError"),
-    "encrypted-flag-golden.json": UNGUARDED_READ.format(error="RuntimeError (encrypted)"),
-    "future-zip-version": "toolkit/bundle.py line 249-253: zipfile.ZipFile(path) raises "
-    "NotImplementedError for an entry needing a newer zip version; only BadZipFile and OSError "
-    "are caught, so it escapes check_bundle instead of failing the 'archive' check",
-    "manifest-size-infinity": "toolkit/manifest.py Manifest.from_dict: int(d['size']) (line "
-    "197) raises OverflowError for a size of Infinity/1e999, not caught at line 219, so "
-    "_run_checks (line 306, which catches BundleError only) lets it escape",
-}
 
 
 def _params() -> list:
-    params = [pytest.param(case, id=name) for name, case in CASES.items()]
-    params += [
-        pytest.param(case, id=name, marks=bug(BUG_REASONS[name]))
-        for name, case in BUG_CASES.items()
-    ]
-    return params
+    cases = {**CASES, **DAMAGED_ARCHIVE_CASES}
+    return [pytest.param(case, id=name) for name, case in cases.items()]
 
 
 @pytest.mark.parametrize("case", _params())
@@ -654,7 +627,6 @@ def test_truncation_never_passes_and_never_raises(
         assert report.failure is not None and report.failure.name in KNOWN_CHECKS
 
 
-@bug(UNGUARDED_READ.format(error="zlib.error, BadZipFile, EOFError, NotImplementedError"))
 def test_changed_bytes_anywhere_are_refused_or_harmless(
     bundle: Path, tmp_path: Path, trust: TrustStore
 ) -> None:
@@ -668,7 +640,7 @@ def test_changed_bytes_anywhere_are_refused_or_harmless(
         path.write_bytes(flip_byte(data, at))
         try:
             report, verified = check_bundle(path, trust)
-        except Exception as error:  # the bug this test documents
+        except Exception as error:  # any exception escaping verification is a bug
             escaped.append((at, type(error).__name__))
             continue
         if verified is not None:
@@ -766,10 +738,6 @@ def test_source_date_epoch_not_an_integer_is_refused(
         bundle_bytes(manifest, entries, signing_key)
 
 
-@bug(
-    "toolkit/bundle.py _zip_timestamp (lines 131-138) passes a SOURCE_DATE_EPOCH after 2107 "
-    "(the last year a zip can hold) to zipfile, which raises struct.error instead of BundleError"
-)
 def test_source_date_epoch_beyond_zip_range_is_a_bundle_error(
     bundle_inputs, signing_key: Ed25519PrivateKey, monkeypatch
 ) -> None:
@@ -787,11 +755,6 @@ def test_a_bundle_needs_every_required_entry(bundle_inputs, signing_key: Ed25519
             bundle_bytes(manifest, partial, signing_key)
 
 
-@bug(
-    "toolkit/bundle.py bundle_bytes (lines 166-177) accepts entry names that verification "
-    "refuses (nested paths, '..', manifest.json/signature.json, which it silently overwrites), "
-    "so it writes signed bundles that can never verify"
-)
 @pytest.mark.parametrize("name", ["a/b", "../evil", "manifest.json"])
 def test_bundle_bytes_refuses_names_a_reader_refuses(
     name: str, bundle_inputs, signing_key: Ed25519PrivateKey

@@ -217,12 +217,6 @@ def test_exposed_private_key_is_detected(tmp_path: Path) -> None:
     assert private_key_is_exposed(generated.private_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: toolkit/keys.py _read_key_file (lines 137-144) stats the path and calls "
-    "read_bytes() without checking it is a file, so a folder (or an unreadable file) raises "
-    "IsADirectoryError/PermissionError instead of the documented ConfigError",
-)
 @pytest.mark.parametrize("loader", [load_public_key, load_private_key], ids=["public", "private"])
 def test_a_folder_is_not_a_key_file(tmp_path: Path, loader) -> None:
     folder = tmp_path / "edgeml.pub"
