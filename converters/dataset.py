@@ -109,3 +109,26 @@ def target_labels(target: Column, classes: Sequence[object] | None) -> np.ndarra
     if integral_classes and target.kind == "float" and np.all(values == np.round(values)):
         return values.astype(np.int64)
     return values
+
+
+def feature_rows(table: Table, features: Sequence[str], target: str | None) -> np.ndarray:
+    """Rows of a calibration file in the order of ``features`` (float64, NaN where missing).
+
+    Columns are taken by name when the file has all of them; otherwise, when the file has as
+    many columns as there are features (besides the target), in file order.
+
+    Raises:
+        InputError: neither matches.
+    """
+    names = [n for n in table.names if n != target]
+    if all(f in names for f in features):
+        chosen = list(features)
+    elif len(names) == len(features):
+        chosen = names
+    else:
+        missing = [f for f in features if f not in names]
+        raise InputError(
+            f"{table.source}: lacks the feature columns {', '.join(missing[:10])} and does not "
+            f"have {len(features)} columns to take in order"
+        )
+    return np.column_stack([table.column(n).as_float64() for n in chosen])

@@ -3,7 +3,9 @@ describe inputs and outputs as the manifest's tensor specs.
 
 Normalisation makes a model's bytes a function of its content (DESIGN.md, "Deterministic
 bundles"): opset imports de-duplicated (skl2onnx can list the default domain twice, which
-onnxruntime's quantizer refuses) and sorted, the graph named ``edgeml``, doc strings dropped.
+onnxruntime's quantizer refuses), limited to the domains the nodes use (onnxruntime's offline
+optimizer imports every domain it knows) and sorted, the graph named ``edgeml``, doc strings
+dropped.
 """
 
 from __future__ import annotations
@@ -69,10 +71,12 @@ def normalise(model: Any) -> Any:
 
     result = onnx.ModelProto()
     result.CopyFrom(model)
+    used = {"" if n.domain == "ai.onnx" else n.domain for n in result.graph.node} | {""}
     versions: dict[str, int] = {}
     for entry in result.opset_import:
         domain = "" if entry.domain == "ai.onnx" else entry.domain
-        versions[domain] = max(versions.get(domain, 0), entry.version)
+        if domain in used:
+            versions[domain] = max(versions.get(domain, 0), entry.version)
     del result.opset_import[:]
     for domain in sorted(versions):
         result.opset_import.append(onnx.helper.make_opsetid(domain, versions[domain]))

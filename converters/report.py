@@ -1,7 +1,8 @@
 """The build report: ``report.json`` and ``report.md`` beside the bundles.
 
-The report holds what the signed bundles must not: host timings and everything about the
-candidates and gates, including failures. Written atomically whether the build passed or not.
+The report holds what the signed bundles must not: host timings, and every candidate of every
+profile with its figures and gates, failures included. Written atomically whether the build
+passed or not.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def report_document(result: BuildResult) -> dict[str, Any]:
         "edgeml_version": __version__,
         "model": str(request.model_path),
         "validation": str(request.validation_path),
+        "train": str(request.train_path) if request.train_path else None,
+        "calibration": str(request.calibration_path) if request.calibration_path else None,
         "target": request.target,
         "version": request.version,
         "passed": result.passed,
@@ -32,12 +35,42 @@ def report_document(result: BuildResult) -> dict[str, Any]:
     }
 
 
-def _figure(value: Any) -> str:
+def figure(value: Any) -> str:
+    """A figure for a table cell."""
     if value is None:
         return "—"
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+def candidate_row(candidate: dict[str, Any], primary: str) -> list[str]:
+    """One candidate as table cells: name, status, metric, drop, sizes, latency, reason."""
+    latency = candidate["latency"]
+    return [
+        candidate["name"],
+        candidate["status"],
+        figure(candidate["metrics"].get(primary)),
+        figure(candidate["drop_points"]),
+        figure(candidate["model_bytes"]) if candidate["model_bytes"] else "—",
+        figure(candidate["bundle_bytes"]) if candidate["bundle_bytes"] else "—",
+        figure(latency.get("single_row_ms_p50")),
+        figure(latency.get("batch_rows_per_s")),
+        candidate["reason"],
+    ]
+
+
+CANDIDATE_COLUMNS = (
+    "candidate",
+    "status",
+    "metric",
+    "drop (points)",
+    "model bytes",
+    "bundle bytes",
+    "p50 ms (host)",
+    "batch rows/s (host)",
+    "why",
+)
 
 
 def report_markdown(document: dict[str, Any]) -> str:
@@ -47,49 +80,43 @@ def report_markdown(document: dict[str, Any]) -> str:
         "",
         f"- model: `{document['model']}`",
         f"- validation data: `{document['validation']}` (target `{document['target']}`)",
+        f"- training rows for fine-tuning: {document['train'] or 'none'}",
+        f"- calibration rows: {document['calibration'] or 'none (validation rows)'}",
         f"- version: {document['version']}; edgeml {document['edgeml_version']}",
         f"- result: {'passed' if document['passed'] else 'FAILED: no bundle written'}",
         "",
     ]
-    for warning in document["warnings"]:
-        lines.append(f"> warning: {warning}")
-    lines += [
-        "",
-        "| profile | bundle | precision | primary metric (source → bundled) | drop (points) "
-        "| bundle size (bytes) | single-row p50 (ms) | batch rows/s | result |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines += [f"> warning: {w}" for w in document["warnings"]]
     for p in document["profiles"]:
-        metrics = p["metrics"]
-        primary = metrics.get("primary", "")
-        source = metrics.get("source", {}).get(primary)
-        bundled = metrics.get("bundled", {}).get(primary)
-        latency = p["latency"]
-        lines.append(
-            f"| {p['profile']} | {p['bundle_id']} | {p['precision']} "
-            f"| {primary} {_figure(source)} → {_figure(bundled)} "
-            f"| {_figure(metrics.get('drop_points'))} | {p['bundle_bytes']} "
-            f"| {_figure(latency.get('single_row_ms_p50'))} "
-            f"| {_figure(latency.get('batch_rows_per_s'))} "
-            f"| {'passed' if p['passed'] else 'FAILED'} |"
-        )
-    for p in document["profiles"]:
+        lines += ["", f"## {p['profile']}", ""]
+        if p["passed"]:
+            lines.append(
+                f"Chosen: **{p['chosen']}** → `{p['bundle_id']}` ({p['bundle_bytes']} bytes)"
+            )
+        else:
+            lines.append(f"**FAILED**: {p['failure']}")
+        conversion = p["conversion"]
+        if conversion:
+            lines += ["", f"Conversion check: {conversion['status']}: {conversion['detail']}"]
+        primary = "accuracy" if any("accuracy" in c["metrics"] for c in p["candidates"]) else "r2"
         lines += [
             "",
-            f"## {p['profile']}",
-            "",
-            "| gate | result | figure | threshold | detail |",
-            "|---|---|---|---|---|",
+            f"| {' | '.join(CANDIDATE_COLUMNS).replace('metric', primary)} |",
+            "|" + "---|" * len(CANDIDATE_COLUMNS),
         ]
-        for gate in p["gates"]:
-            lines.append(
-                f"| {gate['gate']} | {gate['status']} | {_figure(gate['figure'])} | "
-                f"{_figure(gate['threshold'])} | {gate['detail']} |"
+        for candidate in p["candidates"]:
+            cells = candidate_row(candidate, primary)
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        for candidate in p["candidates"]:
+            if not candidate["gates"]:
+                continue
+            gates = "; ".join(
+                f"{g['gate']} {g['status']} ({figure(g['figure'])} vs {figure(g['threshold'])})"
+                for g in candidate["gates"]
             )
-        lines.append("")
-        lines.append("Passes: " + ", ".join(pass_["name"] for pass_ in p["passes"]))
-        for note in p["notes"]:
-            lines.append(f"\n- note: {note}")
+            passes = ", ".join(step["name"] for step in candidate["passes"])
+            lines.append(f"\n- {candidate['name']}: passes {passes}; gates: {gates}")
+        lines += [f"\n- note: {note}" for note in p["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -98,8 +125,7 @@ def write_report(result: BuildResult) -> tuple[Path, Path]:
     document = report_document(result)
     out = result.request.out_dir
     json_path, md_path = out / "report.json", out / "report.md"
-    write_atomically(
-        json_path, (json.dumps(document, indent=2, sort_keys=True, default=str) + "\n").encode()
-    )
+    text = json.dumps(document, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomically(json_path, text.encode())
     write_atomically(md_path, report_markdown(document).encode())
     return json_path, md_path

@@ -41,11 +41,14 @@ __all__ = [
     "CALIBRATION_METHODS",
     "EXECUTION_PROVIDERS",
     "GRAPH_OPTIMIZATION_LEVELS",
+    "OBJECTIVES",
+    "OPTIONAL_PASSES",
     "PRECISIONS",
     "QUANTIZATION_MODES",
     "QUANT_TYPES",
     "Budgets",
     "HardwareProfile",
+    "Optimization",
     "QuantizationSettings",
     "Tolerance",
     "builtin_profile_names",
@@ -62,6 +65,10 @@ GRAPH_OPTIMIZATION_LEVELS: tuple[str, ...] = ("disable", "basic", "extended", "a
 QUANTIZATION_MODES: tuple[str, ...] = ("dynamic", "static")
 QUANT_TYPES: tuple[str, ...] = ("qint8", "quint8")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+#: Passes a profile may list in ``[optimization] passes``; the precision passes (quantization,
+#: fp16) follow from ``precisions`` and ``[quantization] mode`` and are not listed.
+OPTIONAL_PASSES: tuple[str, ...] = ("simplify", "prune-structured", "prune-magnitude")
+OBJECTIVES: tuple[str, ...] = ("size", "accuracy")
 
 #: Execution provider names onnxruntime knows (``onnxruntime.get_all_providers()`` of 1.2x,
 #: kept here so that loading a profile does not import onnxruntime). A name outside this list is
@@ -381,7 +388,102 @@ class Tolerance:
         return {name: getattr(self, name) for name in _field_names(self)}
 
 
-_Table = type[Budgets] | type[QuantizationSettings] | type[Tolerance]
+def _check_fractions(key: str, value: Any) -> tuple[float, ...]:
+    """An array of distinct numbers in (0, 1), possibly empty."""
+    if not isinstance(value, list | tuple):
+        _fail(key, "an array of numbers in (0, 1)", value)
+    result = []
+    for index, item in enumerate(value):
+        if not _is_number(item) or not 0 < item < 1:
+            _fail(f"{key}[{index}]", "a number in (0, 1)", item)
+        result.append(float(item))
+    if len(set(result)) != len(result):
+        raise _InvalidKey(f'key "{key}" lists a value twice')
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """Which candidates a build tries for a profile, and how it picks one.
+
+    Candidates are every combination of a pruning variant (none, and each ratio of each
+    pruning pass listed) with each precision in ``precisions``; ``simplify`` runs first on
+    all of them when listed. Of the candidates within budgets, the first in the profile's
+    precision order wins, then by ``objective`` (``size``: smallest bundle, then best metric;
+    ``accuracy``: best metric, then smallest bundle). Only deterministic figures rank.
+
+    Attributes:
+        passes: Optional passes to use: ``simplify``, ``prune-structured``, ``prune-magnitude``.
+        objective: ``size`` or ``accuracy``.
+        structured_ratios: Shares of MLP hidden units to remove (``prune-structured``).
+        magnitude_sparsity: Shares of weights to zero (``prune-magnitude``).
+        candidate_label_agreement: Least share of validation rows on which a lossy candidate
+            (quantized, fp16, pruned) must give the source model's label.
+        candidate_probability_atol: Largest probability difference allowed on those rows.
+        candidate_value_rtol: Relative tolerance for a lossy regressor's values.
+        candidate_value_atol: Absolute tolerance for a lossy regressor's values.
+
+    Raises:
+        ProfileError: A value of the wrong type or out of range.
+    """
+
+    TABLE: ClassVar[str] = "optimization"
+
+    passes: tuple[str, ...] = ("simplify",)
+    objective: str = "size"
+    structured_ratios: tuple[float, ...] = (0.5, 0.25)
+    magnitude_sparsity: tuple[float, ...] = (0.5,)
+    candidate_label_agreement: float = 0.97
+    candidate_probability_atol: float = 0.1
+    candidate_value_rtol: float = 0.05
+    candidate_value_atol: float = 0.01
+
+    def __post_init__(self) -> None:
+        key = f"{self.TABLE}."
+        passes = self.passes
+        if isinstance(passes, list | tuple) and not passes:
+            _set(self, "passes", ())
+        else:
+            _set(self, "passes", _check_choices(key + "passes", passes, OPTIONAL_PASSES))
+        _check_choice(key + "objective", self.objective, OBJECTIVES)
+        for name in ("structured_ratios", "magnitude_sparsity"):
+            _set(self, name, _check_fractions(key + name, getattr(self, name)))
+        _set(
+            self,
+            "candidate_label_agreement",
+            _check_share(key + "candidate_label_agreement", self.candidate_label_agreement),
+        )
+        for name in ("candidate_probability_atol", "candidate_value_rtol", "candidate_value_atol"):
+            _set(self, name, _check_non_negative(key + name, getattr(self, name)))
+
+    @property
+    def candidate_tolerance(self) -> Tolerance:
+        """The tolerance a lossy candidate must keep against the source model."""
+        return Tolerance(
+            label_agreement=self.candidate_label_agreement,
+            probability_atol=self.candidate_probability_atol,
+            value_rtol=self.candidate_value_rtol,
+            value_atol=self.candidate_value_atol,
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Optimization:
+        """Read the ``[optimization]`` table; omitted keys take their defaults.
+
+        Raises:
+            ProfileError: An unknown key or a bad value.
+        """
+        return cls(**_table_kwargs(cls, data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-able values."""
+        document = {name: getattr(self, name) for name in _field_names(self)}
+        for name in ("passes", "structured_ratios", "magnitude_sparsity"):
+            document[name] = list(document[name])
+        return document
+
+
+_Table = type[Budgets] | type[QuantizationSettings] | type[Tolerance] | type[Optimization]
 
 
 def _field_names(instance_or_class: Any) -> tuple[str, ...]:
@@ -408,8 +510,9 @@ class HardwareProfile:
         threads: Intra-op threads; 0 lets onnxruntime use every core.
         graph_optimization_level: ``disable``, ``basic``, ``extended`` or ``all``.
         quantization: How to quantize when ``int8`` is tried.
-        tolerance: How closely outputs must match the source model.
+        tolerance: How closely the converted (fp32) model must reproduce the source model.
         budgets: Size, accuracy drop and latency a bundle must meet.
+        optimization: Which optimized candidates to try and how to choose among them.
         source: The file the profile was read from (not part of ``to_dict`` and not compared,
             so a profile read back from a bundle manifest equals the one it was built with).
 
@@ -435,6 +538,7 @@ class HardwareProfile:
     quantization: QuantizationSettings = field(default_factory=QuantizationSettings)
     tolerance: Tolerance = field(default_factory=Tolerance)
     budgets: Budgets = field(default_factory=Budgets)
+    optimization: Optimization = field(default_factory=Optimization)
     source: str = field(default="<dict>", compare=False)
 
     def __post_init__(self) -> None:
@@ -463,6 +567,7 @@ class HardwareProfile:
             ("quantization", QuantizationSettings),
             ("tolerance", Tolerance),
             ("budgets", Budgets),
+            ("optimization", Optimization),
         ):
             if not isinstance(getattr(self, name), kind):
                 _fail(name, f"a {kind.__name__}", getattr(self, name))
@@ -495,6 +600,7 @@ class HardwareProfile:
             kwargs["quantization"] = QuantizationSettings.from_dict(data.get("quantization", {}))
             kwargs["tolerance"] = Tolerance.from_dict(data.get("tolerance", {}))
             kwargs["budgets"] = Budgets.from_dict(data.get("budgets", {}))
+            kwargs["optimization"] = Optimization.from_dict(data.get("optimization", {}))
         except _InvalidKey as error:
             raise ProfileError(f"{source}: {error}") from None
         return cls(**kwargs, source=source)
@@ -517,6 +623,7 @@ class HardwareProfile:
             "quantization": self.quantization.to_dict(),
             "tolerance": self.tolerance.to_dict(),
             "budgets": self.budgets.to_dict(),
+            "optimization": self.optimization.to_dict(),
         }
 
 

@@ -182,7 +182,7 @@ def test_a_conversion_that_does_not_reproduce_its_source_fails_with_a_report(
         "no temporary files left"
     )
     report = (out / "report.md").read_text()
-    assert "conversion | failed" in report
+    assert "Conversion check: failed" in report
     assert "max probability difference" in report
 
 
@@ -195,7 +195,7 @@ def test_a_broken_size_budget_fails_every_bundle_of_the_build(
         'precisions = ["fp32"]\n[budgets]\nmax_size_mb = 0.001\n'
     )
     out = tmp_path / "out"
-    with pytest.raises(GateError, match=r"max_size_mb .*threshold 0\.001"):
+    with pytest.raises(GateError, match=r"max_size_mb .* against 0\.001"):
         build_bundles(request_for(logreg, key_dir, out, "raspberry-pi-4", str(tiny)))
     assert not list(out.glob("*.edgeml")), (
         "all or nothing: the passing profile is not written either"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -50,6 +51,12 @@ def build(
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="Rows for static quantization calibration.")
     ] = None,
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            "--train", help="Training rows (with the target) to fine-tune pruned models on."
+        ),
+    ] = None,
     trust_type: Annotated[
         list[str] | None,
         typer.Option("--trust-type", help="An extra type a .skops file may load; repeat."),
@@ -79,8 +86,9 @@ def build(
     if missing:
         raise InputError(f"missing {', '.join(missing)}")
     assert profile is not None and key is not None and out is not None
-    if calibration is not None and not calibration.is_file():
-        raise InputError(f"calibration file {calibration} does not exist")
+    for flag, path in (("--calibration", calibration), ("--train", train)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{flag} file {path} does not exist")
     if not validation.is_file():
         raise InputError(f"validation file {validation} does not exist")
     profiles = [load_profile(p) for p in profile]
@@ -100,6 +108,7 @@ def build(
         name=name,
         version=version,
         calibration_path=calibration,
+        train_path=train,
         trusted_types=tuple(trust_type or ()),
     )
     with Progress(
@@ -120,35 +129,42 @@ def build(
     if json_output:
         print_json(report_document(result))
         return
-    table = Table(title="bundles")
-    for column in (
-        "profile",
-        "bundle",
-        "precision",
-        "metric (source → bundled)",
-        "size",
-        "p50 ms",
-        "gates",
-    ):
-        table.add_column(column)
-    for b in result.builds:
-        primary = b.metrics["primary"]
-        failed = [g.gate for g in b.gates if g.status == "failed"]
-        unchecked = [g.gate for g in b.gates if g.status == "not checked"]
-        gates = "failed: " + ", ".join(failed) if failed else "all passed"
-        if unchecked:
-            gates += f" ({', '.join(unchecked)} not checked)"
-        table.add_row(
-            b.profile.name,
-            b.bundle_path.name,
-            b.precision,
-            f"{primary} {b.metrics['source'][primary]:.4f} → {b.metrics['bundled'][primary]:.4f}",
-            f"{b.bundle_size:,} B",
-            f"{b.latency.get('single_row_ms_p50', float('nan')):.3f}",
-            gates,
-        )
-    stdout.print(table)
-    for b in result.builds:
-        for note in b.notes:
-            stderr.print(f"note ({b.profile.name}): {note}", highlight=False)
+    print_build_tables(result)
     stdout.print(f"report: {result.report_md}")
+
+
+def print_build_tables(result: Any) -> None:
+    """One table of candidates per profile, the chosen one marked; the report has every figure."""
+    from edgeml.converters.report import figure
+
+    for build in result.builds:
+        title = f"{build.profile.name}: {build.bundle_path.name if build.passed else 'FAILED'}"
+        table = Table(title=title, title_justify="left")
+        primary = "accuracy" if build.source_task == "classification" else "r2"
+        for column in ("candidate", "status", primary, "drop", "bundle bytes", "p50 ms"):
+            table.add_column(column, no_wrap=True)
+        for candidate in build.candidates:
+            style = "bold green" if candidate.status == "chosen" else None
+            table.add_row(
+                candidate.name,
+                candidate.status,
+                figure(candidate.metrics.get(primary)),
+                figure(candidate.drop_points),
+                figure(candidate.bundle_size or None),
+                figure(candidate.latency.get("single_row_ms_p50")),
+                style=style,
+            )
+        stdout.print(table)
+        for candidate in build.candidates:
+            if candidate.reason:
+                stderr.print(
+                    f"  {candidate.name} {candidate.status}: {escape(candidate.reason)}",
+                    style="dim",
+                    highlight=False,
+                )
+        if not build.passed:
+            stderr.print(
+                f"[red]{build.profile.name}:[/red] {escape(build.failure())}", highlight=False
+            )
+        for note in build.notes:
+            stderr.print(f"note ({build.profile.name}): {escape(note)}", highlight=False)
