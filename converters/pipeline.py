@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,6 +392,11 @@ def _comparable(shared: _BuildInputs, outputs: ModelOutputs) -> ModelOutputs:
     return outputs
 
 
+def _decisions(outputs: ModelOutputs) -> ModelOutputs:
+    """What a model decides: a classifier's labels, a regressor's values."""
+    return ModelOutputs(labels=outputs.labels) if outputs.labels is not None else outputs
+
+
 def _base_model(
     shared: _BuildInputs, profile: HardwareProfile, ratio: float
 ) -> tuple[Any, list[dict[str, Any]]]:
@@ -462,6 +468,11 @@ def _make(
         except PassFailed as failed:
             candidate.status, candidate.reason = "failed", f"{pass_name}: {failed}"
             return
+        except Exception as error:  # a converter library refusing this model fails the candidate
+            first_line = str(error).splitlines()[0][:300] if str(error) else ""
+            candidate.status = "failed"
+            candidate.reason = f"{pass_name}: {type(error).__name__}: {first_line}"
+            return
         candidate.passes.append(
             {"name": pass_name, "params": _pass_params(pass_name, profile, params)}
         )
@@ -500,16 +511,25 @@ def _pass_params(
 
 
 def _evaluate(
-    candidate: Candidate, shared: _BuildInputs, profile: HardwareProfile, inputs: list[TensorSpec]
+    candidate: Candidate,
+    shared: _BuildInputs,
+    profile: HardwareProfile,
+    inputs: list[TensorSpec],
+    notes: list[str],
 ) -> None:
     """Run the candidate on the validation rows: agreement, metrics and the accuracy gate."""
     try:
-        candidate.session = create_session(
-            candidate.model,
-            profile.execution_providers,
-            profile.threads,
-            profile.graph_optimization_level,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            candidate.session = create_session(
+                candidate.model,
+                profile.execution_providers,
+                profile.threads,
+                profile.graph_optimization_level,
+            )
+        for warning in caught:
+            if str(warning.message) not in notes:
+                notes.append(str(warning.message))
         outputs = run_model(candidate.session, inputs, shared.source.task, shared.data.matrix)
     except Exception as error:  # onnxruntime refusing a pass's output is a candidate failure
         candidate.status, candidate.reason = (
@@ -525,16 +545,25 @@ def _evaluate(
     source = _comparable(shared, shared.source_outputs)
     mine = _comparable(shared, outputs)
     candidate.agreement = compare_outputs(mine, source, tolerance)
+    # On the golden rows every label must be the source model's (a device's self-test is
+    # held to every row); probabilities are judged on the validation rows above.
     golden = compare_outputs(
-        mine.take(shared.golden_index), source.take(shared.golden_index), tolerance, every_row=True
+        _decisions(mine.take(shared.golden_index)),
+        _decisions(source.take(shared.golden_index)),
+        tolerance,
+        every_row=True,
     )
     candidate.metrics = task_metrics(shared.source.task, outputs, shared.target)
     candidate.drop_points = metric_drop_points(
         shared.source.task, shared.source_metrics, candidate.metrics
     )
-    share = candidate.agreement.label_agreement
-    if share is None:
-        share = candidate.agreement.values_within_tolerance
+    agreement = candidate.agreement
+    shares = (
+        agreement.label_agreement,
+        agreement.probabilities_within_tolerance,
+        agreement.values_within_tolerance,
+    )
+    share = min(x for x in shares if x is not None)  # the binding figure
     ok = candidate.agreement.passed and golden.passed
     detail = candidate.agreement.describe()
     if not golden.passed:
@@ -634,20 +663,26 @@ def _assemble(
     outputs_spec: list[TensorSpec],
     classes: Any,
 ) -> bytes:
-    """The signed bundle of a candidate (as if it were chosen)."""
+    """The signed bundle of a candidate (as if it were chosen).
+
+    The golden rows' expected outputs come from running them as one batch, the way a device
+    runs its self-test: dynamic quantization scales activations per batch, so the outputs of
+    a row depend on the batch it is in.
+    """
     assert candidate.outputs is not None and shared.golden_index is not None
     index = shared.golden_index
-    golden = GoldenSet(
-        shared.data.matrix[index],
-        candidate.outputs.take(index),
-        build.profile.tolerance
-        if candidate.recipe.lossless
-        else build.profile.optimization.candidate_tolerance,
+    rows = shared.data.matrix[index]
+    session = candidate.session or create_session(candidate.model)
+    expected = run_model(session, inputs, shared.source.task, rows)
+    profile = build.profile
+    tolerance = (
+        profile.tolerance if candidate.recipe.lossless else profile.optimization.candidate_tolerance
     )
+    golden = GoldenSet(rows, expected, tolerance)
     previous = build.chosen
     build.chosen = candidate
     try:
-        manifest = _manifest(shared, build.profile, build, inputs, outputs_spec, classes)
+        manifest = _manifest(shared, profile, build, inputs, outputs_spec, classes)
     finally:
         build.chosen = previous
     entries = {
@@ -755,7 +790,7 @@ def _build_profile(
         _make(candidate, shared, profile, width, input_name)
         if candidate.status != "pending":
             continue
-        _evaluate(candidate, shared, profile, inputs)
+        _evaluate(candidate, shared, profile, inputs, build.notes)
         if (
             candidate.recipe.lossless
             and build.conversion is None
@@ -794,10 +829,8 @@ def _build_profile(
         candidate.reject_if_failed()
         if candidate.status == "pending":
             candidate.status = "within budgets"
-    for candidate in build.candidates:
-        candidate.session = None
-
     if build.conversion.status != "passed":
+        _release_sessions(build)
         return build
     within = [c for c in build.candidates if c.status == "within budgets"]
     if within:
@@ -816,7 +849,13 @@ def _build_profile(
         if final.status == "failed":  # the final manifest lists every candidate: a few bytes more
             best.status, best.reason = "rejected", final.describe()
             build.chosen, build.data = None, b""
+    _release_sessions(build)
     return build
+
+
+def _release_sessions(build: ProfileBuild) -> None:
+    for candidate in build.candidates:
+        candidate.session = None
 
 
 def _check_written(path: Path, request: BuildRequest, build: ProfileBuild) -> None:

@@ -71,6 +71,7 @@ class OutputComparison:
     rows: int
     label_agreement: float | None
     max_probability_diff: float | None
+    probabilities_within_tolerance: float | None
     values_within_tolerance: float | None
     max_value_diff: float | None
     disagreeing_rows: tuple[int, ...]
@@ -81,6 +82,7 @@ class OutputComparison:
             "rows": self.rows,
             "label_agreement": self.label_agreement,
             "max_probability_diff": self.max_probability_diff,
+            "probabilities_within_tolerance": self.probabilities_within_tolerance,
             "values_within_tolerance": self.values_within_tolerance,
             "max_value_diff": self.max_value_diff,
             "disagreeing_rows": list(self.disagreeing_rows),
@@ -92,6 +94,10 @@ class OutputComparison:
         parts = [f"{self.rows} rows"]
         if self.label_agreement is not None:
             parts.append(f"labels agree on {self.label_agreement:.4%}")
+        if self.probabilities_within_tolerance is not None:
+            parts.append(
+                f"probabilities within tolerance on {self.probabilities_within_tolerance:.4%}"
+            )
         if self.max_probability_diff is not None:
             parts.append(f"max probability difference {self.max_probability_diff:.3g}")
         if self.values_within_tolerance is not None:
@@ -131,7 +137,7 @@ def compare_outputs(
     """
     required = 1.0 if every_row else tolerance.label_agreement
     bad = np.zeros(0, dtype=bool)
-    label_share = probability_diff = value_share = value_diff = None
+    label_share = probability_diff = probability_share = value_share = value_diff = None
     passed = True
     if expected.labels is not None:
         if actual.labels is None or len(actual.labels) != len(expected.labels):
@@ -151,7 +157,8 @@ def compare_outputs(
             probability_diff = float(row_diff.max()) if row_diff.size else 0.0
             off = row_diff > tolerance.probability_atol
             bad = bad | off
-            passed = passed and float(1.0 - off.mean() if off.size else 1.0) >= required
+            probability_share = float(1.0 - off.mean()) if off.size else 1.0
+            passed = passed and probability_share >= required
     else:
         if (
             actual.values is None
@@ -172,6 +179,7 @@ def compare_outputs(
         rows=len(bad),
         label_agreement=label_share,
         max_probability_diff=probability_diff,
+        probabilities_within_tolerance=probability_share,
         values_within_tolerance=value_share,
         max_value_diff=value_diff,
         disagreeing_rows=tuple(int(i) for i in np.flatnonzero(bad)[:50]),

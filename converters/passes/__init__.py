@@ -41,7 +41,11 @@ OnnxPass = Callable[[Any, PassContext], Any]
 
 
 def _registry() -> dict[str, OnnxPass]:
+    import onnxruntime
+
     from edgeml.converters.passes import fp16, graph, prune, quantize
+
+    onnxruntime.set_default_logger_severity(3)  # passes make throwaway sessions: errors only
 
     return {
         "simplify": graph.simplify,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from edgeml.converters.passes import PassContext, PassSkipped
-from edgeml.converters.passes.graph import remove_noop_casts
+from edgeml.converters.passes.graph import annotate_ml_output_types, remove_noop_casts
 
 FLOAT = 1
 
@@ -33,5 +34,8 @@ def convert_to_fp16(model: Any, context: PassContext) -> Any:
             f"; its work is done by {', '.join(ops)}, which has no float16 kernels" if ops else ""
         )
         raise PassSkipped(f"no float arithmetic with weights to convert{detail}")
-    cleaned = remove_noop_casts(model)
-    return float16.convert_float_to_float16(cleaned, keep_io_types=True, disable_shape_infer=False)
+    cleaned = annotate_ml_output_types(remove_noop_casts(model))
+    with warnings.catch_warnings():
+        # Weights below fp16's smallest normal number are clamped; the accuracy gate judges.
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(cleaned, keep_io_types=True)

@@ -49,17 +49,42 @@ def simplify(model: Any, context: PassContext) -> Any:
     return optimized
 
 
-def _value_types(model: Any) -> dict[str, int]:
+def annotate_ml_output_types(model: Any) -> Any:
+    """A copy whose ``ai.onnx.ml`` node outputs have their types in ``value_info``.
+
+    onnx's shape inference gives no type to them. Without one the fp16 converter inserts no
+    cast between a blocked float32 node (a Scaler) and the float16 MatMul it feeds, or casts an
+    integer output (ArrayFeatureExtractor on the class labels) as if it were float. Their
+    outputs take the element type of their first input.
+    """
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    types: dict[str, int] = {}
-    graph = inferred.graph
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        if value.type.HasField("tensor_type"):
+    types: dict[str, int] = {i.name: i.data_type for i in inferred.graph.initializer}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
             types[value.name] = value.type.tensor_type.elem_type
-    for initializer in graph.initializer:
-        types[initializer.name] = initializer.data_type
+    result = onnx.ModelProto()
+    result.CopyFrom(inferred)
+    graph_outputs = {o.name for o in result.graph.output}
+    for node in result.graph.node:
+        if node.domain != "ai.onnx.ml" or not node.input or node.input[0] not in types:
+            continue
+        for output in node.output:
+            if output not in types and output not in graph_outputs:
+                types[output] = types[node.input[0]]
+                result.graph.value_info.append(
+                    onnx.helper.make_tensor_value_info(output, types[output], None)
+                )
+    return result
+
+
+def _value_types(model: Any) -> dict[str, int]:
+    annotated = annotate_ml_output_types(model)
+    types: dict[str, int] = {i.name: i.data_type for i in annotated.graph.initializer}
+    for value in [*annotated.graph.input, *annotated.graph.value_info, *annotated.graph.output]:
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
     return types
 
 

@@ -13,6 +13,9 @@ from edgeml.converters.passes import PassContext, PassSkipped
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 CALIBRATION_ROWS = 512
+# skl2onnx graphs start with ai.onnx.ml operators (Scaler, Normalizer) whose output types
+# onnx's shape inference does not give; every tensor edgeml quantizes is float32.
+_EXTRA_OPTIONS = {"DefaultTensorType": 1}
 
 
 def _weights_to_quantize(model: Any) -> int:
@@ -70,6 +73,7 @@ def quantize_dynamic_int8(model: Any, context: PassContext) -> Any:
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
             op_types_to_quantize=list(QUANTIZABLE_OPS),
+            extra_options=_EXTRA_OPTIONS,
         ),
     )
 
@@ -123,5 +127,6 @@ def quantize_static_qdq(model: Any, context: PassContext) -> Any:
             reduce_range=settings.reduce_range,
             calibrate_method=method,
             op_types_to_quantize=list(QUANTIZABLE_OPS),
+            extra_options=_EXTRA_OPTIONS,
         ),
     )
