@@ -5,7 +5,7 @@ Normalisation makes a model's bytes a function of its content (DESIGN.md, "Deter
 bundles"): opset imports de-duplicated (skl2onnx can list the default domain twice, which
 onnxruntime's quantizer refuses), limited to the domains the nodes use (onnxruntime's offline
 optimizer imports every domain it knows) and sorted, the graph named ``edgeml``, doc strings
-dropped.
+and inferred intermediate shapes dropped.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def normalise(model: Any) -> Any:
     for domain in sorted(versions):
         result.opset_import.append(onnx.helper.make_opsetid(domain, versions[domain]))
     result.graph.name = "edgeml"
+    del result.graph.value_info[:]  # inferred shapes of intermediate tensors: runtimes redo it
     result.doc_string = ""
     result.graph.doc_string = ""
     for node in result.graph.node:

@@ -47,15 +47,16 @@ class TrainedModel:
 def train_model(folder: Path, kind: str = "logreg") -> TrainedModel:
     """Train one of the reference models on a scikit-learn dataset and save it as .skops."""
     import skops.io
-    from sklearn.datasets import load_breast_cancer, load_diabetes
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     folder.mkdir(parents=True, exist_ok=True)
-    data = load_diabetes() if kind == "ridge" else load_breast_cancer()
+    loaders = {"ridge": load_diabetes, "digits-mlp": load_digits, "mlp-regressor": load_diabetes}
+    data = loaders.get(kind, load_breast_cancer)()
     X, y = data.data, data.target
     names = tuple(n.replace(" ", "_") for n in data.feature_names)
     rng = np.random.default_rng(0)
@@ -70,6 +71,13 @@ def train_model(folder: Path, kind: str = "logreg") -> TrainedModel:
             StandardScaler(), MLPClassifier((32,), max_iter=300, random_state=0)
         ),
         "ridge": lambda: make_pipeline(StandardScaler(), Ridge()),
+        "digits-mlp": lambda: make_pipeline(
+            StandardScaler(), MLPClassifier((128, 64), max_iter=300, random_state=0)
+        ),
+        "mlp-regressor": lambda: make_pipeline(
+            StandardScaler(),
+            MLPRegressor(hidden_layer_sizes=(64, 32), max_iter=2000, random_state=0),
+        ),
     }
     import warnings
 
@@ -79,6 +87,7 @@ def train_model(folder: Path, kind: str = "logreg") -> TrainedModel:
     model_path = folder / f"{kind}.skops"
     skops.io.dump(estimator, model_path)
     validation = write_csv(folder / f"{kind}-validation.csv", names, X[split:], y[split:])
+    write_csv(folder / f"{kind}-train.csv", names, X[:split], y[:split])
     return TrainedModel(model_path, validation, "target", estimator, X[split:], y[split:], names)
 
 
@@ -102,6 +111,12 @@ def other_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def logreg(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """A scaler + logistic regression pipeline on breast cancer, saved as .skops."""
     return train_model(tmp_path_factory.mktemp("logreg"), "logreg")
+
+
+@pytest.fixture(scope="session")
+def digits_mlp(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """A scaler + MLP (128, 64) on the digits data set; ``<kind>-train.csv`` lies beside it."""
+    return train_model(tmp_path_factory.mktemp("digits-mlp"), "digits-mlp")
 
 
 @pytest.fixture(scope="session")

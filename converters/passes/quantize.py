@@ -79,12 +79,18 @@ def quantize_dynamic_int8(model: Any, context: PassContext) -> Any:
 
 
 class RowsReader:
-    """Feeds calibration rows to onnxruntime's calibrator, one batch at a time."""
+    """Feeds calibration rows to onnxruntime's calibrator in batches of one size.
+
+    The histogram calibrators (entropy, percentile) stack the batches' outputs and fail on a
+    ragged last batch, so rows past the last full batch are left out.
+    """
 
     def __init__(self, rows: np.ndarray, input_name: str, batch: int = 64) -> None:
+        batch = max(1, min(batch, len(rows)))
+        usable = len(rows) - len(rows) % batch
         self._batches = [
             {input_name: np.ascontiguousarray(rows[i : i + batch], dtype=np.float32)}
-            for i in range(0, len(rows), batch)
+            for i in range(0, usable, batch)
         ]
         self._index = 0
 

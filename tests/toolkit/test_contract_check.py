@@ -1,0 +1,284 @@
+"""The contract check: a pure function of the contract and a batch, every violation kind named.
+
+No file is read here: batches are typed columns built in memory, as the batch readers build
+them (``infer_column`` for text cells), or numeric matrices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from edgeml.toolkit.contract import (
+    MISSING_COLUMN,
+    NULL,
+    OUT_OF_RANGE,
+    WRONG_TYPE,
+    ContractViolation,
+    DataContract,
+    FeatureSpec,
+    check_columns,
+    check_matrix,
+    missing_columns,
+)
+from edgeml.toolkit.errors import InputError
+from edgeml.toolkit.tabular import Column, infer_column
+
+CONTRACT = DataContract(
+    (
+        FeatureSpec("a", "float", nullable=False, minimum=0.0, maximum=10.0),
+        FeatureSpec("n", "integer", nullable=True, minimum=0.0, maximum=5.0),
+        FeatureSpec("flag", "boolean", nullable=False, minimum=None, maximum=None),
+        FeatureSpec("z", "float", nullable=True, minimum=None, maximum=None),
+    )
+)
+
+
+def text(name: str, *cells: str | None, first_row: int = 1) -> Column:
+    """A column typed from text cells, as the CSV reader types a batch."""
+    return infer_column(name, list(cells), source="data.csv", first_row=first_row)
+
+
+def batch(**columns: list[str | None]) -> dict[str, Column]:
+    return {name: text(name, *cells) for name, cells in columns.items()}
+
+
+def good(**override: list[str | None]) -> dict[str, Column]:
+    cells = {
+        "a": ["1.5", "2", "9.75"],
+        "n": ["1", "", "5"],
+        "flag": ["true", "false", "TRUE"],
+        "z": ["-1e9", "NA", "3"],
+    }
+    cells.update(override)
+    return batch(**cells)
+
+
+def check(columns: dict[str, Column], **kwargs) -> object:
+    kwargs.setdefault("source", "data.csv")
+    return check_columns(CONTRACT, columns, **kwargs)
+
+
+def test_a_good_batch_passes_and_gives_the_feature_matrix() -> None:
+    report = check(good())
+    assert report.passed and report.invalid_rows == 0
+    report.raise_if_invalid()
+    assert report.violations() == []
+    expected = np.array([[1.5, 1.0, 1.0, -1e9], [2.0, np.nan, 0.0, np.nan], [9.75, 5.0, 1.0, 3.0]])
+    np.testing.assert_array_equal(report.matrix, expected)
+    assert report.matrix.shape == (3, 4)
+
+
+def test_missing_column_makes_every_row_invalid_and_is_named() -> None:
+    columns = good()
+    del columns["n"]
+    report = check(columns)
+    assert not report.passed
+    assert report.missing_columns == ("n",)
+    assert report.invalid.all()
+    (violation,) = report.violations()
+    assert violation.kind == MISSING_COLUMN and violation.row is None
+    assert violation.message == (
+        "data.csv, column 'n': the column is missing; the contract requires it (integer)"
+    )
+    assert report.counts() == {"n": {MISSING_COLUMN: 3}}
+    with pytest.raises(ContractViolation, match=r"column 'n': the column is missing") as caught:
+        report.raise_if_invalid()
+    assert isinstance(caught.value, InputError) and caught.value.exit_code == 2
+    assert caught.value.report is report
+
+
+def test_missing_columns_from_a_header_alone() -> None:
+    found = missing_columns(CONTRACT, ["z", "a", "extra"], source="in.parquet")
+    assert [v.column for v in found] == ["n", "flag"]
+    assert found[1].message == (
+        "in.parquet, column 'flag': the column is missing; the contract requires it (boolean)"
+    )
+
+
+def test_text_that_is_not_a_number_flags_only_its_cell() -> None:
+    """A batch the reader typed as text (one bad cell) is read cell by cell as the contract's
+    kind: the kinds are reconciled against the contract, not taken from the batch."""
+    columns = good(a=["1.5", "abc", " 7 "])
+    assert columns["a"].kind == "string"
+    report = check(columns, first_row=101)
+    assert report.invalid.tolist() == [False, True, False]
+    (violation,) = report.violations()
+    assert violation.kind == WRONG_TYPE
+    assert violation.row == 102 and violation.column == "a" and violation.value == "abc"
+    assert violation.message == (
+        "data.csv, row 102, column 'a': 'abc' is not a number (the contract says float)"
+    )
+    assert report.matrix[0, 0] == 1.5 and report.matrix[2, 0] == 7.0
+    assert math.isnan(report.matrix[1, 0])
+
+
+def test_a_fraction_in_an_integer_feature_is_the_wrong_type() -> None:
+    report = check(good(n=["1", "2.5", "3.0"]))
+    (violation,) = report.violations()
+    assert violation.kind == WRONG_TYPE and violation.row == 2
+    assert violation.detail == "2.5 is not an integer (the contract says integer)"
+    assert report.matrix[2, 1] == 3.0, "a whole number written as 3.0 is an integer"
+
+
+def test_a_boolean_feature_takes_true_false_0_and_1_only() -> None:
+    report = check(good(flag=["maybe", "1", "0"]))
+    (violation,) = report.violations()
+    assert (
+        violation.detail == "'maybe' is not a boolean (true or false) (the contract says boolean)"
+    )
+    assert report.matrix[1:, 2].tolist() == [1.0, 0.0]
+    numeric = check(good(flag=["1", "0", "2"]))
+    assert [v.detail for v in numeric.violations()] == [
+        "2 is not a boolean (true or false) (the contract says boolean)"
+    ]
+
+
+def test_booleans_in_a_number_feature_are_the_wrong_type() -> None:
+    report = check(good(a=["true", "false", "true"]))
+    assert [v.row for v in report.violations()] == [1, 2, 3]
+    assert report.violations()[0].detail == "True is not a number (the contract says float)"
+
+
+def test_null_where_the_contract_allows_none() -> None:
+    report = check(good(a=["1", "", "NA"]), first_row=11)
+    assert [(v.kind, v.row, v.column) for v in report.violations()] == [
+        (NULL, 12, "a"),
+        (NULL, 13, "a"),
+    ]
+    assert report.violations()[0].message == (
+        "data.csv, row 12, column 'a': no value, and the contract does not allow nulls"
+    )
+    assert report.violations()[0].value is None
+    nullable = check(good(z=[None, "", "NA"]))
+    assert nullable.passed, "z is nullable"
+
+
+def test_out_of_range_is_counted_and_passes_unless_strict() -> None:
+    columns = good(a=["-0.5", "11", "10"], n=["6", "", "0"])
+    report = check(columns)
+    assert report.passed, "out of range is a warning by default"
+    assert report.out_of_range["a"].below == 1 and report.out_of_range["a"].above == 1
+    assert report.out_of_range["n"].total == 1
+    assert "z" not in report.out_of_range
+    strict = check(columns, strict_range=True)
+    assert strict.invalid.tolist() == [True, True, False]
+    kinds = [(v.kind, v.row, v.column) for v in strict.violations()]
+    assert kinds == [(OUT_OF_RANGE, 1, "a"), (OUT_OF_RANGE, 1, "n"), (OUT_OF_RANGE, 2, "a")]
+    messages = [v.message for v in strict.violations()]
+    assert messages[0] == (
+        "data.csv, row 1, column 'a': -0.5 is below the contract's minimum 0.0 "
+        "(validation range [0.0, 10.0])"
+    )
+    assert messages[2] == (
+        "data.csv, row 2, column 'a': 11.0 is above the contract's maximum 10.0 "
+        "(validation range [0.0, 10.0])"
+    )
+
+
+def test_unknown_columns_are_listed_and_passed_over() -> None:
+    columns = good()
+    columns["extra"] = text("extra", "x", "y", "z")
+    columns["id"] = text("id", "1", "2", "3")
+    report = check(columns, ignore=["id"])
+    assert report.passed
+    assert report.unknown_columns == ("extra",)
+
+
+def test_a_row_with_several_violations_lists_every_reason() -> None:
+    report = check(
+        good(a=["", "2", "3"], flag=["nope", "true", "false"], n=["9", "1", "2"]), strict_range=True
+    )
+    assert report.invalid_rows == 1
+    assert report.reasons() == {
+        0: "a: no value, and the contract does not allow nulls; "
+        "n: 9.0 is above the contract's maximum 5.0 (validation range [0.0, 5.0]); "
+        "flag: 'nope' is not a boolean (true or false) (the contract says boolean)"
+    }
+    with pytest.raises(ContractViolation) as caught:
+        report.raise_if_invalid("try --on-invalid skip")
+    assert str(caught.value) == (
+        "data.csv, row 1, column 'a': no value, and the contract does not allow nulls "
+        "(3 violations in 1 invalid row of this batch); try --on-invalid skip"
+    )
+
+
+def test_violations_are_ordered_by_row_then_contract_and_limited() -> None:
+    report = check(good(a=["x", "", "y"], flag=["no", "true", "true"]))
+    assert [(v.row, v.column) for v in report.violations()] == [
+        (1, "a"),
+        (1, "flag"),
+        (2, "a"),
+        (3, "a"),
+    ]
+    assert [(v.row, v.column) for v in report.violations(limit=2)] == [(1, "a"), (1, "flag")]
+
+
+def test_the_report_is_json() -> None:
+    report = check(good(a=["inf", "x", "1"]), strict_range=True)
+    document = json.loads(json.dumps(report.to_dict()))
+    assert document["invalid_rows"] == 2
+    assert document["counts"] == {"a": {WRONG_TYPE: 1, OUT_OF_RANGE: 1}}
+    assert document["violations"][0]["value"] == "inf"
+
+
+def test_columns_of_different_lengths_are_a_bug_of_the_caller() -> None:
+    columns = good()
+    columns["z"] = text("z", "1")
+    with pytest.raises(ValueError, match="different lengths"):
+        check(columns)
+
+
+# --- matrices -------------------------------------------------------------------------------
+
+
+def test_a_matrix_maps_columns_by_position_and_nan_is_null() -> None:
+    matrix = np.array([[1.0, 2.0, 1.0, np.nan], [np.nan, 2.5, 2.0, 0.0], [3.0, np.nan, 0.0, 1.0]])
+    report = check_matrix(CONTRACT, matrix, source="x.npy", first_row=5)
+    assert [v.message for v in report.violations()] == [
+        "x.npy, row 6, column 'a': no value, and the contract does not allow nulls",
+        "x.npy, row 6, column 'n': 2.5 is not an integer (the contract says integer)",
+        "x.npy, row 6, column 'flag': 2.0 is not a boolean (true or false) "
+        "(the contract says boolean)",
+    ]
+    assert report.invalid.tolist() == [False, True, False]
+
+
+def test_a_matrix_of_the_wrong_width_is_refused() -> None:
+    with pytest.raises(ValueError, match="4 columns"):
+        check_matrix(CONTRACT, np.zeros((2, 3)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(0, 12), st.just(4)),
+        elements=st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True, width=32),
+            st.sampled_from([0.0, 1.0, 5.0, 10.0]),
+        ),
+    ),
+    st.booleans(),
+)
+def test_a_matrix_and_the_same_columns_give_the_same_report(
+    matrix: np.ndarray, strict: bool
+) -> None:
+    columns = {
+        spec.name: Column(spec.name, "float", matrix[:, j].copy(), np.isnan(matrix[:, j]))
+        for j, spec in enumerate(CONTRACT.features)
+    }
+    by_columns = check_columns(CONTRACT, columns, rows=len(matrix), strict_range=strict)
+    by_matrix = check_matrix(CONTRACT, matrix, strict_range=strict)
+    assert by_columns.invalid.tolist() == by_matrix.invalid.tolist()
+    assert [v.message for v in by_columns.violations()] == [
+        v.message for v in by_matrix.violations()
+    ]
+    assert by_columns.out_of_range == by_matrix.out_of_range
+    np.testing.assert_array_equal(by_columns.matrix, by_matrix.matrix)
