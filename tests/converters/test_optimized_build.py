@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import TrainedModel
+
 from edgeml.converters.pipeline import BuildRequest, build_bundles
 from edgeml.toolkit.bundle import GOLDEN, MODEL, verify_bundle
 from edgeml.toolkit.errors import GateError
@@ -34,8 +34,8 @@ def request(model: TrainedModel, key_dir: Path, out: Path, *profiles: str, **ext
 def custom_profile(folder: Path, name: str, body: str) -> str:
     path = folder / f"{name}.toml"
     path.write_text(
-        f'name = "{name}"\narchitecture = "aarch64"\nexecution_providers = ["CPUExecutionProvider"]\n'
-        + body
+        f'name = "{name}"\narchitecture = "aarch64"\n'
+        'execution_providers = ["CPUExecutionProvider"]\n' + body
     )
     return str(path)
 
@@ -111,7 +111,8 @@ def test_the_accuracy_gate_catches_aggressive_magnitude_pruning(
     profile = custom_profile(
         tmp_path,
         "sparse",
-        'precisions = ["fp32"]\n[optimization]\npasses = ["prune-magnitude"]\nmagnitude_sparsity = [0.5, 0.95]\n'
+        'precisions = ["fp32"]\n[optimization]\npasses = ["prune-magnitude"]\n'
+        "magnitude_sparsity = [0.5, 0.95]\n"
         "candidate_label_agreement = 0.5\ncandidate_probability_atol = 1.0\n"
         "[budgets]\nmax_accuracy_drop = 1.0\n",
     )
@@ -168,7 +169,8 @@ def test_a_regressor_mlp_is_quantized_and_judged_by_r2(tmp_path: Path, key_dir: 
     profile = custom_profile(
         tmp_path,
         "reg",
-        'precisions = ["int8", "fp32"]\n[optimization]\ncandidate_value_rtol = 0.2\ncandidate_value_atol = 5.0\n'
+        'precisions = ["int8", "fp32"]\n[optimization]\n'
+        "candidate_value_rtol = 0.2\ncandidate_value_atol = 5.0\n"
         "candidate_label_agreement = 0.9\n[budgets]\nmax_accuracy_drop = 5.0\n",
     )
     result = build_bundles(request(model, key_dir, tmp_path / "out", profile))

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import TrainedModel
+
 from edgeml.converters.onnx_graph import normalise
 from edgeml.converters.passes import PassContext, PassSkipped, onnx_pass
 from edgeml.converters.passes.graph import check_runs, remove_noop_casts
@@ -123,7 +123,7 @@ def test_passes_that_do_not_apply_to_tree_ensembles_say_why(tmp_path: Path) -> N
         ("fp16", "jetson-orin"),
         ("prune-magnitude", "raspberry-pi-4"),
     ):
-        with pytest.raises(PassSkipped, match="TreeEnsembleClassifier|no MatMul"):
+        with pytest.raises(PassSkipped, match=r"TreeEnsembleClassifier|no MatMul"):
             onnx_pass(name)(forest, context(profile))
 
 
