@@ -86,9 +86,10 @@ def find_mlp(estimator: Any) -> tuple[Any, Any | None]:
         estimator.steps[-1][1], MLPClassifier | MLPRegressor
     ):
         return estimator.steps[-1][1], estimator[:-1]
-    raise PassSkipped(
-        f"structured pruning applies to MLPs; the model is a {type(estimator).__name__}"
-    )
+    what = type(estimator).__name__
+    if isinstance(estimator, Pipeline):
+        what += f" ending in {type(estimator.steps[-1][1]).__name__}"
+    raise PassSkipped(f"structured pruning applies to MLPs; the model is a {what}")
 
 
 def unit_importance(incoming: np.ndarray, outgoing: np.ndarray) -> np.ndarray:
