@@ -178,3 +178,33 @@ def test_a_regressor_mlp_is_quantized_and_judged_by_r2(tmp_path: Path, key_dir: 
     assert set(build.chosen.metrics) == {"r2", "mae"}
     assert {c.name for c in build.candidates} == {"int8-dynamic", "fp32"}
     assert all(c.status in ("chosen", "within budgets", "rejected") for c in build.candidates)
+
+
+def test_a_pass_whose_output_onnxruntime_refuses_fails_its_candidate_only(
+    tmp_path: Path, key_dir: Path, digits_mlp: TrainedModel, monkeypatch
+) -> None:
+    """The fp16 trap itself: onnxconverter-common straight on skl2onnx's MLP (keep_io_types)
+    makes a model onnxruntime refuses to load. Put in place of edgeml's fp16 pass, the build
+    must report that candidate as failed and bundle fp32."""
+    from onnxconverter_common import float16
+
+    import edgeml.converters.passes as passes
+
+    registry = passes._registry
+
+    def with_raw_fp16() -> dict:
+        table = registry()
+        table["fp16"] = lambda model, _context: float16.convert_float_to_float16(
+            model, keep_io_types=True
+        )
+        return table
+
+    monkeypatch.setattr(passes, "_registry", with_raw_fp16)
+    profile = custom_profile(
+        tmp_path, "gpu", 'precisions = ["fp16", "fp32"]\n[optimization]\npasses = []\n'
+    )
+    result = build_bundles(request(digits_mlp, key_dir, tmp_path / "out", profile))
+    by_name = {c.name: c for c in result.builds[0].candidates}
+    assert by_name["fp16"].status == "failed"
+    assert "onnxruntime cannot run the result" in by_name["fp16"].reason
+    assert result.builds[0].chosen.name == "fp32"

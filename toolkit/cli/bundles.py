@@ -101,6 +101,16 @@ def inspect(
     metrics = document["metrics"]
     stdout.print(f"metrics: source {metrics.get('source')}, bundled {metrics.get('bundled')}")
     stdout.print("passes: " + ", ".join(p["name"] for p in document["passes"]))
+    if document.get("candidates"):
+        candidates = Table(title="candidates the build tried")
+        for column in ("candidate", "precision", "model bytes", "metrics", "outcome"):
+            candidates.add_column(column, overflow="fold")
+        for c in document["candidates"]:
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in (c.get("metrics") or {}).items())
+            candidates.add_row(
+                c["name"], c["precision"], str(c["model_bytes"]), metrics, c["outcome"]
+            )
+        stdout.print(candidates)
     provenance = document["provenance"]
     stdout.print(f"source model: {provenance.get('source_model')}")
     stdout.print(f"versions: {provenance.get('versions')}")
