@@ -1,0 +1,126 @@
+"""The MQTT protocol's topics and messages: round trips and every kind of bad payload (pure)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeml.toolkit.protocol import (
+    MAX_MESSAGE_BYTES,
+    Chunk,
+    Command,
+    CommandResult,
+    ProtocolError,
+    Status,
+    TelemetryWindow,
+    TransferRequest,
+    device_topic,
+    parse_message,
+    parse_topic,
+    subscription,
+)
+
+SHA = "ab" * 32
+GOOD = [
+    Status("pi-1", True, 1.0, "raspberry-pi-4", ["canary"], "m-1.0.0-raspberry-pi-4", None),
+    Command("c1", "install", 2.0, "m-1.0.0-raspberry-pi-4", 1000, SHA),
+    Command("c2", "ping", 2.0),
+    TransferRequest("c1", "m-1.0.0-raspberry-pi-4", 4096),
+    Chunk.of("c1", "m-1.0.0-raspberry-pi-4", 0, 10, b"0123456789"),
+    CommandResult(
+        "c1", "install", "succeeded", 3.0, "", "m-1.0.0-raspberry-pi-4", "m-1.0.0-raspberry-pi-4"
+    ),
+    TelemetryWindow("pi-1", 1, 0.0, 60.0, None, 3, 5, 0, 1, {"p50": 0.2}, {"1": 5}, {"x": 0.01}),
+]
+KIND_OF = {
+    "status": "status",
+    "command": "commands",
+    "transfer-request": "events",
+    "chunk": "transfer",
+    "command-result": "events",
+    "telemetry": "telemetry",
+}
+
+
+@pytest.mark.parametrize("message", GOOD, ids=lambda m: m.TYPE)
+def test_messages_round_trip_on_their_topic(message) -> None:
+    assert parse_message(message.to_bytes(), KIND_OF[message.TYPE]) == message
+
+
+@pytest.mark.parametrize("message", GOOD, ids=lambda m: m.TYPE)
+def test_a_message_on_the_wrong_topic_is_refused(message) -> None:
+    wrong = "commands" if KIND_OF[message.TYPE] != "commands" else "status"
+    with pytest.raises(ProtocolError, match="does not belong"):
+        parse_message(message.to_bytes(), wrong)
+
+
+def test_topics() -> None:
+    assert device_topic("pi-1", "status") == "edgeml/v1/devices/pi-1/status"
+    assert parse_topic("edgeml/v1/devices/pi-1/telemetry") == ("pi-1", "telemetry")
+    assert subscription("events") == "edgeml/v1/devices/+/events"
+    for bad in (
+        "edgeml/v1/devices/pi 1/status",
+        "edgeml/v2/devices/pi-1/status",
+        "edgeml/v1/devices/pi-1/other",
+        "a/b",
+    ):
+        with pytest.raises(ProtocolError):
+            parse_topic(bad)
+    with pytest.raises(ProtocolError):
+        device_topic("../x", "status")
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"\xff\xfe", "not UTF-8 JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"type": "nope"}', "unknown message type"),
+        (b'{"type": "status", "device_id": "pi-1", "online": "yes", "sent_at": 1}', "'online'"),
+        (
+            b'{"type": "status", "device_id": "pi-1", "online": true, "sent_at": 1, "x": 1}',
+            "unknown fields: x",
+        ),
+        (
+            b'{"type": "command", "command_id": "c", "kind": "install", "issued_at": 1, '
+            b'"bundle_id": "b-1"}',
+            "bundle_size",
+        ),
+        (
+            b'{"type": "command", "command_id": "c", "kind": "format-disk", "issued_at": 1}',
+            "'kind'",
+        ),
+        (
+            b'{"type": "transfer-request", "command_id": "c", "bundle_id": "b", "offset": -1}',
+            "'offset'",
+        ),
+        (b'{"type": "telemetry", "device_id": "d", "seq": 0}', "'seq'"),
+        (b'{"type": "status", "device_id": "pi-1", "online": true, "sent_at": NaN}', "finite"),
+        (b"[" * 100000 + b"]" * 100000, "not UTF-8 JSON|not a JSON object"),
+    ],
+)
+def test_malformed_and_wrong_schema_payloads_are_named(payload: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        parse_message(payload)
+
+
+def test_oversized_payloads_are_refused_unparsed() -> None:
+    with pytest.raises(ProtocolError, match="over"):
+        parse_message(b" " * (MAX_MESSAGE_BYTES + 1))
+
+
+def test_a_chunk_must_match_its_hash() -> None:
+    chunk = Chunk.of("c1", "b-1", 0, 10, b"0123456789").to_dict()
+    chunk["sha256"] = SHA
+    with pytest.raises(ProtocolError, match="does not match its sha256"):
+        parse_message(json.dumps(chunk).encode(), "transfer")
+
+
+@given(st.binary(max_size=2000))
+def test_no_payload_crashes_the_parser(payload: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        parse_message(payload)
