@@ -91,6 +91,17 @@ def train_model(folder: Path, kind: str = "logreg") -> TrainedModel:
     return TrainedModel(model_path, validation, "target", estimator, X[split:], y[split:], names)
 
 
+@pytest.fixture
+def mosquitto(tmp_path: Path):
+    """A real Mosquitto on a free loopback port for one test."""
+    from broker import MosquittoBroker
+
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
 @pytest.fixture(scope="session")
 def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a key pair ``edgeml.key`` / ``edgeml.pub``."""
