@@ -121,16 +121,18 @@ def _same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _tied_in_expected(actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance) -> np.ndarray:
-    """Rows where the class the actual model picked is, in the expected probabilities, tied
-    with the top class (within ``probability_atol``): either label is a right answer there.
+    """Rows where the expected probabilities are a tie (two or more classes within
+    ``probability_atol`` of the top) and the actual model picked one of the tied classes:
+    either label is a right answer there.
 
     The actual model's pick is the column of its highest probability.
     """
     if actual.size == 0:
         return np.zeros(len(actual), dtype=bool)
+    near_top = expected >= expected.max(axis=1, keepdims=True) - tolerance.probability_atol
     picked = np.argmax(actual, axis=1)
-    expected_of_picked = expected[np.arange(len(expected)), picked]
-    return expected_of_picked >= expected.max(axis=1) - tolerance.probability_atol
+    rows = np.arange(len(expected))
+    return (near_top.sum(axis=1) >= 2) & near_top[rows, picked]
 
 
 def compare_outputs(

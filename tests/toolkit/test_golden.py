@@ -87,3 +87,12 @@ def test_golden_set_round_trips_and_refuses_malformed_documents() -> None:
     ):
         with pytest.raises(BundleError, match=r"golden\.json"):
             GoldenSet.from_dict(broken)
+
+
+def test_labels_that_contradict_clear_probabilities_are_no_tie() -> None:
+    """A golden file whose labels were changed while its probabilities were not is a
+    disagreement, not a tie (the probabilities are far from each other)."""
+    reference = classifier([1, 0], [[0.99, 0.01], [0.02, 0.98]])
+    actual = classifier([0, 1], [[0.99, 0.01], [0.02, 0.98]])
+    result = compare_outputs(actual, reference, STRICT, every_row=True)
+    assert not result.passed and result.ties == 0 and result.disagreeing_rows == (0, 1)
