@@ -1,4 +1,6 @@
-"""The device agent (transfer, install slots, self-test, local scoring API, telemetry buffer).
+"""The device agent: receives bundles over MQTT, installs them atomically beside the previous
+one, self-tests them, scores offline through a local API, and buffers telemetry and drift
+summaries in SQLite until the broker acknowledges them (docs/agent.md).
 
-Not built yet: see the project's issues. Imports only the kernel, paho-mqtt and sqlite-utils.
+Imports only the kernel (``edgeml.toolkit``), paho-mqtt and sqlite-utils: never the build stack.
 """

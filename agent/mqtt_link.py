@@ -48,6 +48,7 @@ class AgentLink:
         self._current_status = current_status
         self._on_connected = on_connected
         self._acks: dict[int, AckHandler] = {}
+        self._early_acks: set[int] = set()
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.dropped_messages = 0
@@ -114,12 +115,21 @@ class AgentLink:
         """
         if not self.connected.is_set():
             return False
+        # Never hold our lock while calling paho: its network thread holds paho's own lock
+        # while it calls _published, which takes ours (a lock-order deadlock otherwise).
+        info = self._client.publish(self.topic("telemetry"), payload, qos=1)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return False
+        # NO_CONN: paho keeps a QoS 1 message and sends it after reconnecting.
         with self._lock:
-            info = self._client.publish(self.topic("telemetry"), payload, qos=1)
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                return False
-            # NO_CONN: paho keeps a QoS 1 message and sends it after reconnecting.
-            self._acks[info.mid] = on_ack
+            if info.mid in self._early_acks:  # acknowledged before we registered it
+                self._early_acks.discard(info.mid)
+                early = True
+            else:
+                self._acks[info.mid] = on_ack
+                early = False
+        if early:
+            on_ack()
         return True
 
     @property
@@ -168,5 +178,9 @@ class AgentLink:
     ) -> None:
         with self._lock:
             handler = self._acks.pop(mid, None)
+            if handler is None:
+                self._early_acks.add(mid)
+                if len(self._early_acks) > 4096:  # acks of status and events messages
+                    self._early_acks.clear()
         if handler is not None:
             handler()

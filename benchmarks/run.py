@@ -21,7 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import agent_report
 import optimize_report
+from bench_agent import AgentBenchmark, run_agent_benchmark
 from bench_build import BuildBenchmark, run_build_benchmark
 from bench_optimize import OptimizeBenchmark, run_optimize_benchmark
 from build_report import markdown_body, rich_table
@@ -94,12 +96,28 @@ def render_optimize(result: OptimizeBenchmark, environment: Environment) -> Outc
     )
 
 
+def measure_agent(settings: RunSettings) -> AgentBenchmark:
+    """The "agent" benchmark's measurements (``bench_agent``)."""
+    return run_agent_benchmark(settings.work, settings.timing, settings.log)
+
+
+def render_agent(result: AgentBenchmark, environment: Environment) -> Outcome:
+    """The "agent" benchmark's page section and table (``agent_report``)."""
+    return Outcome(agent_report.markdown_body(result, environment), agent_report.rich_table(result))
+
+
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "build",
         "Build: `edgeml build` and the bundled model's runtime",
         measure_build,
         render_build,
+    ),
+    Benchmark(
+        "agent",
+        "Agent: footprint and serving latency on a device profile",
+        measure_agent,
+        render_agent,
     ),
     Benchmark(
         "optimize",

@@ -33,12 +33,19 @@ def free_port() -> int:
 class MosquittoBroker:
     """One mosquitto process on 127.0.0.1:port, with its own config and log in ``folder``."""
 
-    def __init__(self, folder: Path, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        extra_config: str = "",
+        persistence: bool = False,
+    ) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.config = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
         self.extra_config = extra_config
+        self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,9 +55,15 @@ class MosquittoBroker:
     def start(self, timeout: float = 10.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         body = self.extra_config or "allow_anonymous true\n"
+        store = (
+            f"persistence true\npersistence_location {self.folder}/\nautosave_interval 1\n"
+            if self.persistence
+            else "persistence false\n"
+        )
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\npersistence false\nlog_dest file {self.log}\n"
-            f"log_type error\nlog_type warning\nmax_inflight_messages 0\n{body}"
+            f"listener {self.port} 127.0.0.1\n{store}log_dest file {self.log}\n"
+            f"log_type error\nlog_type warning\nmax_inflight_messages 0\n"
+            f"max_queued_messages 100000\n{body}"
         )
         self.process = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.config)],

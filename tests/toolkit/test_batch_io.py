@@ -1,5 +1,5 @@
-"""Batch readers and writers on real files: every format in and out, errors naming file, row,
-line and column, and memory that follows the batch, not the file."""
+"""Batch readers and writers (``batch_io``, ``batch_writers``) on real files: every format in
+and out, errors naming file, row, line and column, and memory that follows the batch."""
 
 from __future__ import annotations
 
@@ -12,18 +12,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeml.toolkit.batch_io import (
-    OutputColumn,
-    OutputField,
     columns_from_mapping,
     columns_from_rows,
     file_format,
     open_reader,
-    open_writer,
-    read_npy_header,
+    type_text_column,
 )
+from edgeml.toolkit.batch_writers import OutputColumn, OutputField, open_writer, read_npy_header
 from edgeml.toolkit.errors import InputError
+from edgeml.toolkit.tabular import infer_column
 
 
 def write(path: Path, text: str) -> Path:
@@ -283,3 +284,68 @@ def test_npy_string_fields_refuse_a_value_longer_than_their_width(tmp_path: Path
     writer.write([OutputColumn("id", np.array(["short"], dtype=object))])
     with pytest.raises(InputError, match="value of 40 characters, beyond the 16"):
         writer.write([OutputColumn("id", np.array(["x" * 40], dtype=object))])
+
+
+# --- the fast path for numeric text ---------------------------------------------------------
+
+_CELLS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "NA",
+            "nan",
+            "-nan",
+            "inf",
+            " 7 ",
+            "+3",
+            "007",
+            "1_000",
+            "1e5",
+            ".5",
+            "5.",
+            "-",
+            ".",
+            "e3",
+            "1\n2",
+            "\t4",
+            "٣",
+            "true",
+            "x",
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_CELLS, min_size=1, max_size=8))
+def test_the_fast_path_types_text_exactly_as_infer_column(cells: list[str]) -> None:
+    fast = type_text_column("x", cells, source="f.csv", first_row=3)
+    slow = infer_column("x", cells, source="f.csv", first_row=3)
+    assert fast.kind == slow.kind
+    assert fast.missing.tolist() == slow.missing.tolist()
+    if fast.kind == "float":
+        np.testing.assert_array_equal(fast.values, slow.values)
+    else:
+        assert fast.values.tolist() == slow.values.tolist()
+    assert fast.first_row == 3
+
+
+def test_parquet_batches_do_not_keep_the_file_in_memory(tmp_path: Path) -> None:
+    """pyarrow pre-buffers by default in recent versions, and then every batch read keeps its
+    row group's buffers alive: a whole file ends up in memory. The reader turns it off."""
+    rng = np.random.default_rng(0)
+    schema = pa.schema([(f"c{i}", pa.float64()) for i in range(8)])
+    path = tmp_path / "big.parquet"
+    with pq.ParquetWriter(path, schema) as writer:
+        for _ in range(20):
+            block = rng.normal(size=(10_000, 8))
+            writer.write_table(pa.table({f"c{i}": block[:, i] for i in range(8)}))
+    file_bytes = 20 * 10_000 * 8 * 8
+    peak = 0
+    with open_reader(path, batch_size=10_000, features=[f"c{i}" for i in range(8)]) as reader:
+        for _ in reader:
+            peak = max(peak, pa.total_allocated_bytes())
+    assert peak < file_bytes / 4, f"{peak:,} bytes held while reading a {file_bytes:,}-byte file"

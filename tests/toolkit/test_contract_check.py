@@ -282,3 +282,24 @@ def test_a_matrix_and_the_same_columns_give_the_same_report(
     ]
     assert by_columns.out_of_range == by_matrix.out_of_range
     np.testing.assert_array_equal(by_columns.matrix, by_matrix.matrix)
+
+
+def test_a_float32_matrix_is_checked_as_the_model_receives_it() -> None:
+    """float32(0.1) is above 0.1: a validation maximum of 0.1, rounded as the model's input
+    is, must still take it, and the next float32 above it is out of range."""
+    contract = DataContract((FeatureSpec("x", "float", False, 0.0, 0.1),))
+    edge = np.float32(0.1)
+    beyond = np.nextafter(edge, np.float32(1.0))
+    report = check_matrix(contract, np.array([[edge], [beyond]], dtype=np.float32))
+    assert report.out_of_range["x"].above == 1
+    assert report.matrix.dtype == np.float32
+    strict = check_matrix(
+        contract, np.array([[edge], [beyond]], dtype=np.float32), strict_range=True
+    )
+    (violation,) = strict.violations()
+    assert violation.row == 2
+    assert violation.detail.startswith("0.10000001 is above the contract's maximum 0.1")
+    typed = check_columns(
+        contract, {"x": text("x", "0.1", "0.10000001")}, dtype=np.float32, strict_range=True
+    )
+    assert typed.invalid.tolist() == [False, True]

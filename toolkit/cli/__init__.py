@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import typer
 
+from edgeml.toolkit.cli import agent as agent_cli
 from edgeml.toolkit.cli import build as build_cli
 from edgeml.toolkit.cli import bundles as bundles_cli
 from edgeml.toolkit.cli import keys as keys_cli
 from edgeml.toolkit.cli import profiles as profiles_cli
+from edgeml.toolkit.cli import score as score_cli
 
 app = typer.Typer(
     name="edgeml",
@@ -25,9 +27,11 @@ app = typer.Typer(
 )
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(profiles_cli.app, name="profiles")
+app.add_typer(agent_cli.app, name="agent")
 app.command("build")(build_cli.build)
 app.command("verify")(bundles_cli.verify)
 app.command("inspect")(bundles_cli.inspect)
+app.command("score")(score_cli.score)
 
 
 def main() -> None:

@@ -1,0 +1,434 @@
+"""The agent daemon: the shell that wires the device's parts together.
+
+On start it recovers the state folder (``install.recover``), loads the active bundle into the
+scoring engine, serves the local API, and connects to the broker. Commands and chunks arrive
+on paho's thread and are queued to one worker thread, so an install never blocks the network
+loop or the API. Telemetry is summarised per window (``telemetry.WindowAccumulator``), written
+to the SQLite outbox first, and published with a bounded number in flight; a window leaves the
+outbox only when the broker acknowledged it. Predictions go on whether or not the broker is
+reachable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeml.agent.api import ModelHolder, ScoringAPI
+from edgeml.agent.config import AgentConfig, ensure_state_dir
+from edgeml.agent.install import install_bundle, recover, rollback
+from edgeml.agent.locking import install_lock
+from edgeml.agent.mqtt_link import AgentLink
+from edgeml.agent.outbox import TelemetryOutbox
+from edgeml.agent.slots import active_bundle_path, read_state
+from edgeml.agent.telemetry import Observation, WindowAccumulator
+from edgeml.agent.transfer import DiskFullError, IncomingTransfer
+from edgeml.toolkit import __version__
+from edgeml.toolkit.errors import EdgeMLError
+from edgeml.toolkit.protocol import (
+    TRANSFER_WINDOW,
+    Chunk,
+    Command,
+    CommandResult,
+    Message,
+    Status,
+    TransferRequest,
+)
+from edgeml.toolkit.scoring import ScoringEngine
+from edgeml.toolkit.trust import TrustStore, load_trust_store
+
+log = logging.getLogger("edgeml.agent")
+
+TICK_S = 0.2
+STATUS_FILE = "agent.json"
+STALL_S = 10.0
+
+
+@dataclass
+class _Receiving:
+    """The install command whose bundle is arriving, and where it lands."""
+
+    command: Command
+    transfer: IncomingTransfer
+    requested_up_to: int
+    progress_at: float = 0.0
+
+
+class AgentDaemon:
+    """One device's agent. ``run()`` blocks until ``stop()``."""
+
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        ensure_state_dir(config)
+        self.trust: TrustStore = load_trust_store(config.trust)
+        self.recovery = recover(config.state_dir, self.trust)
+        for problem in self.recovery.problems:
+            log.warning("recovery: %s", problem)
+        self.holder = ModelHolder(None)
+        self._accumulator: WindowAccumulator | None = None
+        self._accumulator_lock = threading.Lock()
+        self._load_active()
+        self.outbox = TelemetryOutbox(
+            config.outbox_path,
+            max_bytes=int(config.telemetry.max_buffer_mb * 1024 * 1024),
+            max_windows=config.telemetry.max_windows,
+        )
+        self.state = "idle"
+        self.detail = "; ".join(self.recovery.problems)
+        self._receiving: _Receiving | None = None
+        self._work: queue.Queue[tuple[str, Message]] = queue.Queue(maxsize=1024)
+        self._stop = threading.Event()
+        self._in_flight: set[int] = set()
+        self._acked_seqs: list[int] = []
+        self._in_flight_lock = threading.Lock()
+        self._window_start = clock()
+        self._status_written = 0.0
+        self._last_status_document: dict[str, Any] | None = None
+        self.link = AgentLink(config, self._enqueue, self._status, on_connected=self._on_connected)
+        self.api = ScoringAPI(
+            self.holder,
+            config.api.listen,
+            token=config.api.token(),
+            record=self._observe,
+            max_body_bytes=config.api.max_body_bytes,
+            health_info=lambda: {"broker_connected": self.link.connected.is_set()},
+        )
+
+    # --------------------------------------------------------------------- lifecycle
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`: API, broker connection, worker, telemetry."""
+        self.api.start()
+        self.link.start()
+        worker = threading.Thread(target=self._worker, name="edgeml-agent-worker", daemon=True)
+        worker.start()
+        log.info("agent %s serving %s", self.config.device_id, self._active_id() or "nothing")
+        try:
+            while not self._stop.wait(TICK_S):
+                now = self.clock()
+                if now - self._window_start >= self.config.telemetry.window_s:
+                    self.flush_window(now)
+                self.publish_telemetry()
+                self._notice_side_load()
+                self._notice_stalled_transfer(now)
+                self._write_status_file(now)
+        finally:
+            self.flush_window(self.clock())
+            self.publish_telemetry()
+            deadline = time.monotonic() + 3  # let the last windows be acknowledged
+            while (
+                self.link.connected.is_set() and self.link.in_flight and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            self._forget_acked()
+            self._work.put(("stop", Status(self.config.device_id, False, 0.0)))
+            worker.join(timeout=10)
+            self.link.stop()
+            self.api.close()
+            self.outbox.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --------------------------------------------------------------------- serving
+
+    def _notice_side_load(self) -> None:
+        """``edgeml agent install`` changed the active bundle under us: serve the new one."""
+        if self.state != "idle":
+            return
+        state = read_state(self.config.state_dir)
+        active = state.active.bundle_id if state.active else None
+        if active != self._active_id():
+            log.info("active bundle changed on disk to %s; loading it", active)
+            self.flush_window(self.clock())
+            self._load_active()
+            if self.link.connected.is_set():
+                self.link.publish_status()
+
+    def _notice_stalled_transfer(self, now: float) -> None:
+        """No chunk for a while (one lost, or out of order): ask again from the bytes on disk."""
+        receiving = self._receiving
+        if (
+            receiving is not None
+            and self.link.connected.is_set()
+            and now - receiving.progress_at > STALL_S
+        ):
+            self._enqueue("retry", receiving.command)
+
+    def _write_status_file(self, now: float) -> None:
+        """``state_dir/agent.json``: what ``edgeml agent status`` reads while the daemon runs."""
+        document: dict[str, Any] = {
+            "pid": os.getpid(),
+            "connected": self.link.connected.is_set(),
+            "serving": self._active_id(),
+            "state": self.state,
+            "detail": self.detail,
+            "api": self.api.address,
+            "dropped_messages": self.link.dropped_messages,
+        }
+        if document == self._last_status_document and now - self._status_written < 5:
+            return
+        path = self.config.state_dir / STATUS_FILE
+        tmp = path.with_name(f".{STATUS_FILE}.tmp")
+        tmp.write_text(json.dumps({**document, "updated_at": now}))
+        os.replace(tmp, path)
+        self._last_status_document = dict(document)
+        self._status_written = now
+
+    def _active_id(self) -> str | None:
+        engine = self.holder.current()
+        return engine.bundle_id if engine is not None else None
+
+    def _load_active(self) -> None:
+        """Open the active bundle's engine (verified again) and start a window for it."""
+        engine = None
+        # Shared with other readers, exclusive of installs: a side-load cannot collect the
+        # slot while it is being opened.
+        with install_lock(self.config.state_dir, shared=True):
+            path = active_bundle_path(self.config.state_dir)
+            if path is not None:
+                try:
+                    engine = ScoringEngine.open(path, self.trust)
+                except EdgeMLError as error:
+                    log.error("the active bundle cannot be served: %s", error)
+        self.holder.swap(engine)
+        with self._accumulator_lock:
+            self._accumulator = WindowAccumulator.for_engine(engine) if engine is not None else None
+
+    def _observe(self, observation: Observation) -> None:
+        with self._accumulator_lock:
+            accumulator = self._accumulator
+        if accumulator is not None and observation.bundle_id == accumulator.bundle_id:
+            accumulator.observe(observation)
+
+    # --------------------------------------------------------------------- telemetry
+
+    def flush_window(self, now: float) -> int | None:
+        """Close the current window into the outbox; returns its seq (None if nothing to say)."""
+        start, self._window_start = self._window_start, now
+        with self._accumulator_lock:
+            accumulator = self._accumulator
+        if accumulator is None:
+            return None
+        summary = accumulator.take(start, now)
+        window = summary.to_window(self.config.device_id, 1)
+        return self.outbox.add(window, now=now)
+
+    def publish_telemetry(self) -> None:
+        """Publish pending windows, oldest first, keeping at most ``max_in_flight`` unacked."""
+        self._forget_acked()
+        if not self.link.connected.is_set():
+            return
+        with self._in_flight_lock:
+            room = self.config.telemetry.max_in_flight - len(self._in_flight)
+            skip = set(self._in_flight)
+        if room <= 0:
+            return
+        for entry in self.outbox.pending(limit=room + len(skip)):
+            if entry.seq in skip:
+                continue
+            if room <= 0:
+                break
+            with self._in_flight_lock:
+                self._in_flight.add(entry.seq)
+            if not self.link.publish_telemetry(
+                entry.payload, lambda seq=entry.seq: self._acked(seq)
+            ):
+                with self._in_flight_lock:
+                    self._in_flight.discard(entry.seq)
+                return
+            room -= 1
+
+    def _acked(self, seq: int) -> None:
+        """Runs on paho's thread: note the ack; the daemon loop deletes in batches."""
+        with self._in_flight_lock:
+            self._acked_seqs.append(seq)
+
+    def _forget_acked(self) -> None:
+        with self._in_flight_lock:
+            acked, self._acked_seqs = self._acked_seqs, []
+        if acked:
+            self.outbox.mark_sent(acked)
+            with self._in_flight_lock:
+                self._in_flight.difference_update(acked)
+
+    # --------------------------------------------------------------------- broker side
+
+    def _status(self, online: bool) -> Status:
+        state = read_state(self.config.state_dir)
+        return Status(
+            device_id=self.config.device_id,
+            online=online,
+            sent_at=self.clock(),
+            profile=self.config.profile,
+            tags=list(self.config.tags),
+            active=state.active.bundle_id if state.active else None,
+            previous=state.previous.bundle_id if state.previous else None,
+            state=self.state if online else "offline",
+            agent_version=__version__,
+            detail=self.detail[:2048],
+        )
+
+    def _on_connected(self) -> None:
+        # Resume a transfer interrupted by the disconnect, from the bytes on disk.
+        # paho sends unacknowledged QoS 1 messages again by itself; they stay in flight here.
+        receiving = self._receiving
+        if receiving is not None:
+            self._request_chunks(receiving)
+
+    def _enqueue(self, kind: str, message: Message) -> None:
+        try:
+            self._work.put_nowait((kind, message))
+        except queue.Full:
+            log.warning("work queue full: dropped a %s message", kind)
+
+    def _worker(self) -> None:
+        while True:
+            kind, message = self._work.get()
+            if kind == "stop":
+                return
+            try:
+                if kind == "retry":
+                    if self._receiving is not None and self._receiving.command == message:
+                        self._request_chunks(self._receiving)
+                elif isinstance(message, Command):
+                    self._command(message)
+                elif isinstance(message, Chunk):
+                    self._chunk(message)
+            except Exception:  # a bug in one command must not stop the agent
+                log.exception("handling a %s message failed", kind)
+
+    def _result(self, command: Command, outcome: str, detail: str = "") -> None:
+        state = read_state(self.config.state_dir)
+        self.link.publish_event(
+            CommandResult(
+                command_id=command.command_id,
+                kind=command.kind,
+                outcome=outcome,
+                sent_at=self.clock(),
+                detail=detail[:4096],
+                bundle_id=command.bundle_id,
+                active=state.active.bundle_id if state.active else None,
+                previous=state.previous.bundle_id if state.previous else None,
+            )
+        )
+        self.link.publish_status()
+
+    def _command(self, command: Command) -> None:
+        if command.kind == "ping":
+            self._result(command, "succeeded", "pong")
+        elif command.kind == "install":
+            self._start_install(command)
+        elif command.kind == "rollback":
+            self._apply(command, lambda: rollback(self.config.state_dir, self.trust))
+        elif command.kind == "activate":
+            self._activate(command)
+
+    def _start_install(self, command: Command) -> None:
+        if command.bundle_id == self._active_id():
+            self._result(command, "succeeded", "already active")
+            return
+        try:
+            transfer = IncomingTransfer.from_command(self.config.state_dir, command)
+        except EdgeMLError as error:
+            self._result(command, "refused", str(error))
+            return
+        if self._receiving is not None:
+            self._receiving.transfer.close()  # a newer install replaces it; its bytes stay
+        self._receiving = _Receiving(command, transfer, 0, self.clock())
+        self.state = "receiving"
+        self._result(
+            command, "accepted", f"resuming at byte {transfer.offset}" if transfer.offset else ""
+        )
+        if transfer.done:
+            self._finish_transfer()
+        else:
+            self._request_chunks(self._receiving)
+
+    def _request_chunks(self, receiving: _Receiving) -> None:
+        receiving.progress_at = self.clock()
+        offset = receiving.transfer.offset
+        receiving.requested_up_to = offset + TRANSFER_WINDOW * receiving.command.chunk_size
+        self.link.publish_event(
+            TransferRequest(receiving.command.command_id, receiving.command.bundle_id or "", offset)
+        )
+
+    def _chunk(self, chunk: Chunk) -> None:
+        receiving = self._receiving
+        if receiving is None or chunk.command_id != receiving.command.command_id:
+            return  # a stale chunk of a finished or replaced transfer
+        try:
+            outcome = receiving.transfer.accept(chunk)
+        except DiskFullError as error:  # the bytes on disk stay: a later install resumes
+            receiving.transfer.close()
+            self._receiving = None
+            self.state, self.detail = "idle", str(error)
+            self._result(receiving.command, "failed", str(error))
+            return
+        except EdgeMLError as error:
+            receiving.transfer.discard()
+            self._receiving = None
+            self.state = "idle"
+            self.detail = str(error)
+            self._result(receiving.command, "refused", str(error))
+            return
+        if outcome.written:
+            receiving.progress_at = self.clock()
+        if receiving.transfer.done:
+            self._finish_transfer()
+        elif outcome.written and receiving.transfer.offset >= receiving.requested_up_to:
+            self._request_chunks(receiving)
+
+    def _finish_transfer(self) -> None:
+        receiving = self._receiving
+        assert receiving is not None
+        self._receiving = None
+        try:
+            path = receiving.transfer.complete()
+        except EdgeMLError as error:
+            receiving.transfer.discard()
+            self.state, self.detail = "idle", str(error)
+            self._result(receiving.command, "refused", str(error))
+            return
+        self._apply(receiving.command, lambda: self._install_file(path))
+
+    def _install_file(self, path: Path) -> Any:
+        try:
+            return install_bundle(path, self.config.state_dir, self.trust, self.config.profile)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _activate(self, command: Command) -> None:
+        state = read_state(self.config.state_dir)
+        if state.active is not None and state.active.bundle_id == command.bundle_id:
+            self._result(command, "succeeded", "already active")
+        elif state.previous is not None and state.previous.bundle_id == command.bundle_id:
+            self._apply(command, lambda: rollback(self.config.state_dir, self.trust))
+        else:
+            self._result(command, "refused", f"this device holds no bundle {command.bundle_id}")
+
+    def _apply(self, command: Command, action: Callable[[], Any]) -> None:
+        """Run an install or rollback; on success serve the new active bundle."""
+        self.state = "installing"
+        self.link.publish_status()
+        try:
+            result = action()
+        except EdgeMLError as error:
+            self.state, self.detail = "idle", str(error)
+            outcome = "refused" if error.exit_code == 3 else "failed"
+            log.warning("%s %s: %s", command.kind, outcome, error)
+            self._result(command, outcome, str(error))
+            return
+        self.flush_window(self.clock())  # the old bundle's window closes with it
+        self._load_active()
+        self.state, self.detail = "idle", ""
+        self._result(command, "succeeded", "; ".join(getattr(result, "warnings", ())))

@@ -1,0 +1,276 @@
+"""The agent as a real process against a real Mosquitto: install over MQTT, refuse bad bundles,
+serve offline, deliver every telemetry window after an outage exactly once by seq."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from broker import MosquittoBroker, free_port
+from conftest import TrainedModel
+from protocol_peer import ProtocolPeer
+
+from edgeml.toolkit.scoring import ScoringEngine
+from edgeml.toolkit.trust import load_trust_store
+
+EDGEML = str(Path(sys.executable).with_name("edgeml"))
+
+
+def write_config(
+    folder: Path, broker: MosquittoBroker, key_dir: Path, window_s: float = 0.5
+) -> Path:
+    api_port = free_port()
+    config = folder / "agent.toml"
+    config.write_text(
+        f'device_id = "pi-1"\nprofile = "raspberry-pi-4"\ntags = ["canary"]\n'
+        f'state_dir = "{folder / "state"}"\ntrust = "{key_dir / "edgeml.pub"}"\n'
+        f'[broker]\nurl = "{broker.url}"\n[api]\nlisten = "127.0.0.1:{api_port}"\n'
+        f"[telemetry]\nwindow_s = {window_s}\n"
+    )
+    return config
+
+
+class Agent:
+    """``edgeml agent run`` in a child process."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        listen = next(line for line in config.read_text().splitlines() if line.startswith("listen"))
+        self.url = "http://" + listen.split('"')[1]
+        self.log = config.parent / "agent.log"
+        self.process = subprocess.Popen(
+            [EDGEML, "agent", "run", "--config", str(config)],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        ProtocolPeer.wait(self._answers, 30, "the agent's API")
+
+    def _answers(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()
+        try:
+            self.get("/v1/health")
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return True
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def predict(self, rows: np.ndarray) -> tuple[int, dict]:
+        body = json.dumps({"instances": rows.tolist()}).encode()
+        request = urllib.request.Request(
+            self.url + "/v1/predict", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    running = MosquittoBroker(tmp_path / "broker", persistence=True)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def peer(broker: MosquittoBroker) -> Iterator[ProtocolPeer]:
+    connected = ProtocolPeer("127.0.0.1", broker.port)
+    yield connected
+    connected.close()
+
+
+@pytest.fixture
+def agent(
+    tmp_path: Path, broker: MosquittoBroker, key_dir: Path, peer: ProtocolPeer
+) -> Iterator[Agent]:
+    running = Agent(write_config(tmp_path, broker, key_dir))
+    # The status is published after the agent subscribed: from then on commands reach it.
+    peer.wait(
+        lambda: "pi-1" in peer.statuses and peer.statuses["pi-1"].online, 20, "the agent online"
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def newer_bundle(
+    tmp_path_factory: pytest.TempPathFactory, key_dir: Path, logreg: TrainedModel
+) -> Path:
+    from edgeml.converters.pipeline import BuildRequest, build_bundles
+    from edgeml.toolkit.keys import load_private_key
+    from edgeml.toolkit.profiles import load_profile
+
+    result = build_bundles(
+        BuildRequest(
+            model_path=logreg.model_path,
+            profiles=[load_profile("raspberry-pi-4")],
+            signing_key=load_private_key(key_dir / "edgeml.key"),
+            out_dir=tmp_path_factory.mktemp("newer"),
+            validation_path=logreg.validation_path,
+            target=logreg.target,
+            name="cancer",
+            version="1.1.0",
+            latency_budget_s=0.05,
+        )
+    )
+    return result.builds[0].bundle_path
+
+
+def test_install_over_mqtt_then_serve_what_edgeml_score_serves(
+    agent: Agent, peer: ProtocolPeer, built_bundle: Path, key_dir: Path, logreg: TrainedModel
+) -> None:
+    assert agent.get("/v1/health")[0] == 503, "no verified bundle yet"
+    peer.wait(lambda: "pi-1" in peer.statuses, 10, "the retained status")
+    assert peer.statuses["pi-1"].online and peer.statuses["pi-1"].active is None
+    result = peer.result(peer.install("pi-1", built_bundle))
+    assert result.outcome == "succeeded", result.detail
+    assert result.active == "cancer-1.0.0-raspberry-pi-4"
+    status, health = agent.get("/v1/health")
+    assert status == 200 and health["bundle"] == "cancer-1.0.0-raspberry-pi-4"
+    status, answer = agent.predict(logreg.X_val[:20])
+    assert status == 200
+    engine = ScoringEngine.open(built_bundle, load_trust_store(key_dir))
+    expected = engine.predict(logreg.X_val[:20])
+    assert answer["predictions"] == expected.labels.tolist()
+    np.testing.assert_allclose(answer["probabilities"], expected.probabilities, atol=1e-6)
+    peer.wait(
+        lambda: peer.statuses["pi-1"].active == "cancer-1.0.0-raspberry-pi-4", 10, "the new status"
+    )
+
+
+def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
+    agent: Agent, peer: ProtocolPeer, built_bundle: Path, tmp_path: Path, other_key_dir: Path
+) -> None:
+    import zipfile
+
+    from edgeml.toolkit.bundle import bundle_bytes, read_manifest_unverified
+    from edgeml.toolkit.keys import load_private_key
+
+    assert peer.result(peer.install("pi-1", built_bundle)).outcome == "succeeded"
+    manifest, _ = read_manifest_unverified(built_bundle)
+    with zipfile.ZipFile(built_bundle) as archive:
+        entries = {n: archive.read(n) for n in ("model.onnx", "baseline.json", "golden.json")}
+    newer = type(manifest)(**{**manifest.__dict__, "version": "2.0.0"})
+    untrusted = tmp_path / "cancer-2.0.0-raspberry-pi-4.edgeml"
+    untrusted.write_bytes(
+        bundle_bytes(newer, entries, load_private_key(other_key_dir / "other.key"))
+    )
+    refused = peer.result(peer.install("pi-1", untrusted))
+    assert refused.outcome == "refused" and "trust" in refused.detail
+    assert agent.get("/v1/health")[1]["bundle"] == "cancer-1.0.0-raspberry-pi-4"
+
+
+def test_a_bundle_that_fails_its_self_test_is_refused(
+    agent: Agent, peer: ProtocolPeer, built_bundle: Path, tmp_path: Path, key_dir: Path
+) -> None:
+    import zipfile
+
+    from edgeml.toolkit.bundle import bundle_bytes, read_manifest_unverified
+    from edgeml.toolkit.keys import load_private_key
+
+    assert peer.result(peer.install("pi-1", built_bundle)).outcome == "succeeded"
+    manifest, _ = read_manifest_unverified(built_bundle)
+    with zipfile.ZipFile(built_bundle) as archive:
+        entries = {n: archive.read(n) for n in ("model.onnx", "baseline.json", "golden.json")}
+    golden = json.loads(entries["golden.json"])
+    golden["expected"]["labels"] = [1 - label for label in golden["expected"]["labels"]]
+    entries["golden.json"] = json.dumps(golden).encode()
+    newer = type(manifest)(**{**manifest.__dict__, "version": "3.0.0"})
+    broken = tmp_path / "cancer-3.0.0-raspberry-pi-4.edgeml"
+    broken.write_bytes(bundle_bytes(newer, entries, load_private_key(key_dir / "edgeml.key")))
+    result = peer.result(peer.install("pi-1", broken))
+    assert result.outcome == "failed" and "self-test" in result.detail
+    assert result.active == "cancer-1.0.0-raspberry-pi-4"
+    assert agent.get("/v1/health")[1]["bundle"] == "cancer-1.0.0-raspberry-pi-4"
+
+
+def test_upgrade_then_rollback_command(
+    agent: Agent, peer: ProtocolPeer, built_bundle: Path, newer_bundle: Path
+) -> None:
+    assert peer.result(peer.install("pi-1", built_bundle)).outcome == "succeeded"
+    upgraded = peer.result(peer.install("pi-1", newer_bundle))
+    assert upgraded.outcome == "succeeded"
+    assert (upgraded.active, upgraded.previous) == (
+        "cancer-1.1.0-raspberry-pi-4",
+        "cancer-1.0.0-raspberry-pi-4",
+    )
+    rolled = peer.result(peer.command("pi-1", "rollback"))
+    assert rolled.outcome == "succeeded" and rolled.active == "cancer-1.0.0-raspberry-pi-4"
+    assert agent.get("/v1/health")[1]["bundle"] == "cancer-1.0.0-raspberry-pi-4"
+    replay = peer.result(peer.install("pi-1", built_bundle))
+    assert replay.outcome == "succeeded" and "already active" in replay.detail
+    assert peer.result(peer.command("pi-1", "ping")).outcome == "succeeded"
+
+
+def test_predictions_go_on_offline_and_every_window_arrives_once_after(
+    agent: Agent,
+    peer: ProtocolPeer,
+    broker: MosquittoBroker,
+    built_bundle: Path,
+    logreg: TrainedModel,
+) -> None:
+    assert peer.result(peer.install("pi-1", built_bundle)).outcome == "succeeded"
+    agent.predict(logreg.X_val[:5])
+    peer.wait(lambda: len(peer.telemetry["pi-1"]) >= 2, 20, "telemetry before the outage")
+    broker.stop()
+    for _ in range(6):  # ~3 s of windows while the broker is down
+        assert agent.predict(logreg.X_val[:3])[0] == 200, "predictions do not need the broker"
+        time.sleep(0.5)
+    broker.start()
+
+    def every_row_reported() -> bool:
+        windows = peer.telemetry["pi-1"]
+        return sum({w.seq: w.rows for w in windows}.values()) == 5 + 6 * 3
+
+    peer.wait(every_row_reported, 60, "the windows of the outage")
+    agent.stop()  # a clean stop flushes the last window and sends it before exiting
+    time.sleep(1.0)
+    windows = peer.telemetry["pi-1"]
+    seqs = [w.seq for w in windows]
+    assert len(seqs) == len(set(seqs)), f"a window arrived twice: {sorted(seqs)}"
+    assert sorted(seqs) == list(range(1, max(seqs) + 1)), f"a window is missing: {sorted(seqs)}"
+    assert sum(w.dropped_windows for w in windows) == 0
+    assert max(seqs) >= 8, "windows kept coming while the broker was down"
+
+
+def test_side_load_while_the_daemon_runs(agent: Agent, built_bundle: Path) -> None:
+    done = subprocess.run(
+        [EDGEML, "agent", "install", str(built_bundle), "--config", str(agent.config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    ProtocolPeer.wait(
+        lambda: agent.get("/v1/health")[0] == 200, 10, "the daemon to serve the side-load"
+    )
+    status = subprocess.run(
+        [EDGEML, "agent", "status", "--config", str(agent.config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    document = json.loads(status.stdout)
+    assert document["device_id"] == "pi-1" and document["active"] == "cancer-1.0.0-raspberry-pi-4"
+    assert document["running"] is True and "connected" in document
