@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.toolkit.errors import InputError
-from edgeml.toolkit.tabular import Column, infer_column
+from edgeml.toolkit.tabular import Column, infer_column, json_type
 
 FORMATS = {
     ".csv": "csv",
@@ -414,7 +414,7 @@ class _JsonLinesReader(BatchReader):
                 if type(obj) is not dict:
                     where = f"{self.source}, row {done + len(rows) + 1} (line {line_no})"
                     raise InputError(
-                        f"{where}: expected a JSON object ({{...}}), got a JSON {_json_type(obj)}"
+                        f"{where}: expected a JSON object ({{...}}), got a JSON {json_type(obj)}"
                     )
                 if not obj.keys() <= seen.keys():
                     seen.update(dict.fromkeys(obj))
@@ -518,18 +518,6 @@ def _json_text(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     return json.dumps(value)
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    if value is None:
-        return "null"
-    return "number"
 
 
 # -------------------------------------------------------------------------- Parquet

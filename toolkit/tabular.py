@@ -504,7 +504,7 @@ def _read_json_lines(source: str, max_rows: int | None) -> Table:
             if type(obj) is not dict:
                 where = _location(source, row=n + 1, line=line_no)
                 raise InputError(
-                    f"{where}: expected a JSON object ({{...}}), got a JSON {_json_type(obj)}"
+                    f"{where}: expected a JSON object ({{...}}), got a JSON {json_type(obj)}"
                 )
             if not obj.keys() <= columns.keys():
                 for key in obj:
@@ -537,7 +537,7 @@ def _json_column(source: str, name: str, cells: list[Any]) -> Column:
             row = next(i for i, v in enumerate(cells, start=1) if type(v) is nested)
             where = _location(source, row=row, line=_json_line_of_row(source, row), column=name)
             raise InputError(
-                f"{where}: a JSON {_json_type(nested())} is not a table cell (nested values are "
+                f"{where}: a JSON {json_type(nested())} is not a table cell (nested values are "
                 "not supported; flatten them into columns)"
             )
     types.discard(type(None))
@@ -727,7 +727,8 @@ def _json_text(value: object) -> str | None:
     return str(value)
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """The JSON type name of a parsed JSON value, for error messages."""
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):

@@ -34,6 +34,20 @@ def request_for(
     )
 
 
+def save_as_onnx(model: TrainedModel, path: Path, opset: int) -> Path:
+    """The model converted by skl2onnx directly (no ZipMap), as a user's .onnx file."""
+    from skl2onnx import to_onnx
+
+    converted = to_onnx(
+        model.estimator,
+        model.X_val[:1].astype(np.float32),
+        options={"zipmap": False},
+        target_opset=opset,
+    )
+    path.write_bytes(converted.SerializeToString())
+    return path
+
+
 @pytest.mark.parametrize("kind", ["logreg", "forest", "hgb", "mlp", "ridge"])
 def test_reference_models_convert_and_match_their_source(
     tmp_path: Path, key_dir: Path, kind: str
@@ -127,16 +141,7 @@ def test_same_inputs_give_byte_identical_bundles(
 def test_onnx_model_builds_with_file_columns_in_order(
     tmp_path: Path, key_dir: Path, logreg: TrainedModel
 ) -> None:
-    from skl2onnx import to_onnx
-
-    onnx_model = to_onnx(
-        logreg.estimator,
-        logreg.X_val[:1].astype(np.float32),
-        options={"zipmap": False},
-        target_opset=15,
-    )
-    path = tmp_path / "cancer.onnx"
-    path.write_bytes(onnx_model.SerializeToString())
+    path = save_as_onnx(logreg, tmp_path / "cancer.onnx", opset=15)
     result = build_bundles(request_for(logreg, key_dir, tmp_path / "out", model_path=path))
     build = result.builds[0]
     assert build.passed
@@ -149,16 +154,7 @@ def test_onnx_model_builds_with_file_columns_in_order(
 def test_onnx_model_above_the_profile_opset_is_refused(
     tmp_path: Path, key_dir: Path, logreg: TrainedModel
 ) -> None:
-    from skl2onnx import to_onnx
-
-    onnx_model = to_onnx(
-        logreg.estimator,
-        logreg.X_val[:1].astype(np.float32),
-        options={"zipmap": False},
-        target_opset=21,
-    )
-    path = tmp_path / "cancer.onnx"
-    path.write_bytes(onnx_model.SerializeToString())
+    path = save_as_onnx(logreg, tmp_path / "cancer.onnx", opset=21)
     with pytest.raises(ConversionError, match=r"opset 21.*at most 17"):
         build_bundles(
             request_for(logreg, key_dir, tmp_path / "out", "raspberry-pi-4", model_path=path)
