@@ -541,6 +541,11 @@ def _json_column(source: str, name: str, cells: list[Any]) -> Column:
                 "not supported; flatten them into columns)"
             )
     types.discard(type(None))
+    if types == {int, float} and all(
+        math.isnan(v) for v in cells if type(v) is float
+    ):  # JSON NaN is a null: integers with NaNs are an integer column with nulls
+        cells = [None if type(v) is float else v for v in cells]
+        types = {int}
     kind: ColumnKind | None = None
     if types == {int}:
         missing = np.fromiter(
