@@ -532,7 +532,24 @@ def check_matrix(
     return _finish(contract, data, None, findings, [], (), strict_range, source, first_row, blanked)
 
 
+_BOUNDS: dict[tuple[int, str], tuple[DataContract, np.ndarray, np.ndarray]] = {}
+
+
 def _bounds(contract: DataContract, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The contract's range per feature in ``dtype``, cached per contract object (a scoring
+    engine checks every request against the same contract; hashing it costs more)."""
+    key = (id(contract), np.dtype(dtype).str)
+    cached = _BOUNDS.get(key)
+    if cached is not None and cached[0] is contract:
+        return cached[1], cached[2]
+    low, high = _compute_bounds(contract, dtype)
+    if len(_BOUNDS) > 256:
+        _BOUNDS.clear()
+    _BOUNDS[key] = (contract, low, high)
+    return low, high
+
+
+def _compute_bounds(contract: DataContract, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """The contract's range per feature in ``dtype`` (±inf where none).
 
     Rounded to nearest: rounding is monotonic, so a value inside the range stays inside it in
@@ -541,7 +558,9 @@ def _bounds(contract: DataContract, dtype: np.dtype) -> tuple[np.ndarray, np.nda
     low = np.array([-np.inf if s.minimum is None else s.minimum for s in contract.features])
     high = np.array([np.inf if s.maximum is None else s.maximum for s in contract.features])
     with np.errstate(over="ignore"):
-        return low.astype(dtype), high.astype(dtype)
+        low, high = low.astype(dtype), high.astype(dtype)
+    low.flags.writeable = high.flags.writeable = False  # cached: shared by every call
+    return low, high
 
 
 def _finish(
@@ -618,6 +637,7 @@ def _finish(
     )
 
 
+SMALL_BATCH = 16
 _ALL_TRUE = np.uint64(0x0101010101010101)  # eight numpy booleans, all True, as one word
 
 
@@ -632,6 +652,10 @@ def _rows_to_look_at(
     booleans along each short row.
     """
     n, width = data.shape
+    if n <= SMALL_BATCH:  # a request of a few rows: plain comparisons cost less than padding
+        with np.errstate(invalid="ignore"):
+            ok = (data >= low) & (data <= high)
+        return ok, np.flatnonzero(~ok.all(axis=1))
     padded = -(-width // 8) * 8
     words = padded // 8
     fill = np.ones if padded != width else np.empty
