@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.toolkit.errors import InputError
-from edgeml.toolkit.tabular import Column, infer_column, json_type
+from edgeml.toolkit.tabular import Column, check_names, infer_column, json_type
 
 FORMATS = {
     ".csv": "csv",
@@ -357,23 +357,6 @@ def text_ids(name: str, raw: Sequence[str | None], source: str, first_row: int) 
     values = np.array([("" if v is None else v) for v in raw], dtype=object)
     missing = np.fromiter((v is None or v == "" for v in raw), dtype=np.bool_, count=len(raw))
     return Column(name, "string", values, missing, source=source, first_row=first_row)
-
-
-def check_names(where: str, names: Sequence[str], what: str) -> None:
-    """Refuse empty and duplicate column names; ``what`` says what a name is in the file.
-
-    Raises:
-        InputError: naming the position of the empty or repeated name.
-    """
-    seen: dict[str, int] = {}
-    for position, name in enumerate(names, start=1):
-        if not name.strip():
-            raise InputError(f"{where}: {what} {position} has an empty name")
-        if name in seen:
-            raise InputError(
-                f"{where}: {what}s {seen[name]} and {position} are both named {name!r}"
-            )
-        seen[name] = position
 
 
 # ------------------------------------------------------------------------ JSON Lines

@@ -433,7 +433,7 @@ def _read_delimited(source: str, delimiter: str, max_rows: int | None) -> Table:
             raise InputError(
                 f"{source}, line 1: blank; the first line must be a header naming the columns"
             )
-        _check_names(f"{source}, line 1 (the header)", header, "field")
+        check_names(f"{source}, line 1 (the header)", header, "field")
         width = len(header)
         separated = "tab-separated" if delimiter == "\t" else "comma-separated"
         rows: list[list[str | None]] = []
@@ -609,7 +609,7 @@ def _read_parquet(source: str, max_rows: int | None) -> Table:
             table = pa.Table.from_batches(batches, schema=parquet.schema_arrow)
     except (pa.ArrowException, ValueError) as e:
         raise InputError(f"{source} is not a readable Parquet file: {e}") from None
-    _check_names(source, table.column_names, "column")
+    check_names(source, table.column_names, "column")
     return Table(
         source,
         tuple(
@@ -709,8 +709,12 @@ def _location(
     return ", ".join(parts)
 
 
-def _check_names(where: str, names: Sequence[str], what: str) -> None:
-    """Refuse empty and duplicate column names; ``what`` says what a name is in the file."""
+def check_names(where: str, names: Sequence[str], what: str) -> None:
+    """Refuse empty and duplicate column names; ``what`` says what a name is in the file.
+
+    Raises:
+        InputError: naming the position of the empty or repeated name.
+    """
     seen: dict[str, int] = {}
     for position, name in enumerate(names, start=1):
         if not name.strip():
