@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,40 +56,65 @@ def available_providers(wanted: Sequence[str]) -> tuple[list[str], list[str]]:
     return [p for p in wanted if p in have], [p for p in wanted if p not in have]
 
 
-def create_session(
+def usable_providers(wanted: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
+    """The profile's providers this host has, in order, with the CPU provider always last,
+    and a note for each one it lacks (so a session can be created on any host)."""
+    usable, missing = available_providers(wanted)
+    if "CPUExecutionProvider" not in usable:
+        usable.append("CPUExecutionProvider")
+    notes: tuple[str, ...] = ()
+    if missing:
+        notes = (
+            f"execution provider(s) {', '.join(missing)} not available on this host; "
+            f"running on {', '.join(usable)}",
+        )
+    return usable, notes
+
+
+def make_session(
     model: bytes | str | os.PathLike[str],
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[str],
     threads: int = 0,
     optimization_level: str = "all",
+    config: Mapping[str, str] | None = None,
 ) -> ort.InferenceSession:
-    """An inference session on the providers this host has, in the profile's order.
-
-    A provider this onnxruntime lacks is left out with a ``RuntimeWarning``; the CPU
-    provider is always last, so a session is created on any host.
+    """An inference session on exactly ``providers`` (see :func:`usable_providers`).
 
     Args:
         model: the model's bytes or path.
-        providers: onnxruntime provider names in order of preference.
+        providers: onnxruntime provider names this host has, in order.
         threads: intra-op threads; 0 lets onnxruntime use every core.
         optimization_level: ``disable``, ``basic``, ``extended`` or ``all``.
+        config: onnxruntime session config entries (e.g. idle workers that sleep).
     """
-    usable, missing = available_providers(providers)
-    if "CPUExecutionProvider" not in usable:
-        usable.append("CPUExecutionProvider")
-    if missing:
-        warnings.warn(
-            f"execution provider(s) {', '.join(missing)} not available on this host; "
-            f"running on {', '.join(usable)}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = _OPTIMIZATION_LEVELS[optimization_level]
     options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     source = model if isinstance(model, bytes) else os.fspath(model)
-    return ort.InferenceSession(source, sess_options=options, providers=usable)
+    return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+
+
+def create_session(
+    model: bytes | str | os.PathLike[str],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int = 0,
+    optimization_level: str = "all",
+    config: Mapping[str, str] | None = None,
+) -> ort.InferenceSession:
+    """An inference session on the providers this host has, in the profile's order.
+
+    A provider this onnxruntime lacks is left out with a ``RuntimeWarning``; the CPU
+    provider is always last, so a session is created on any host. Arguments as
+    :func:`make_session`.
+    """
+    usable, notes = usable_providers(providers)
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    return make_session(model, usable, threads, optimization_level, config)
 
 
 def feeds_for(inputs: Sequence[TensorSpec], matrix: np.ndarray) -> dict[str, np.ndarray]:

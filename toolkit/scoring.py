@@ -37,7 +37,7 @@ from edgeml.toolkit.drift import Baseline
 from edgeml.toolkit.errors import BundleError, InputError
 from edgeml.toolkit.manifest import Manifest
 from edgeml.toolkit.profiles import HardwareProfile
-from edgeml.toolkit.runtime import available_providers, feeds_for
+from edgeml.toolkit.runtime import feeds_for, make_session, usable_providers
 from edgeml.toolkit.trust import TrustStore, load_trust_store
 
 
@@ -332,6 +332,9 @@ class ScoringEngine:
         return Predictions(values=np.zeros(0, dtype=np.float32))
 
 
+IDLE_WORKERS_SLEEP = {"session.intra_op.allow_spinning": "0"}
+
+
 def scoring_session(
     model: bytes,
     providers: Sequence[str],
@@ -348,30 +351,9 @@ def scoring_session(
     Returns:
         The session and the warnings about providers this host lacks.
     """
-    usable, missing = available_providers(providers)
-    if "CPUExecutionProvider" not in usable:
-        usable.append("CPUExecutionProvider")
-    notes = ()
-    if missing:
-        notes = (
-            f"execution provider(s) {', '.join(missing)} not available on this host; "
-            f"running on {', '.join(usable)}",
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = _OPTIMIZATION_LEVELS[optimization_level]
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, sess_options=options, providers=usable), notes
-
-
-_OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+    usable, notes = usable_providers(providers)
+    session = make_session(model, usable, threads, optimization_level, IDLE_WORKERS_SLEEP)
+    return session, notes
 
 
 def _columns(data: Any) -> dict[str, Any]:
