@@ -130,25 +130,38 @@ def digits_mlp(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     return train_model(tmp_path_factory.mktemp("digits-mlp"), "digits-mlp")
 
 
+def build_bundle(
+    model: TrainedModel,
+    key_dir: Path,
+    out: Path,
+    name: str,
+    profile: str = "raspberry-pi-4",
+    **options: object,
+) -> Path:
+    """Build one bundle with the real pipeline, signed by ``key_dir``'s key; its path."""
+    from edgeml.converters.pipeline import BuildRequest, build_bundles
+    from edgeml.toolkit.profiles import load_profile
+
+    result = build_bundles(
+        BuildRequest(
+            model_path=model.model_path,
+            profiles=[load_profile(profile)],
+            signing_key=load_private_key(key_dir / "edgeml.key"),
+            out_dir=out,
+            validation_path=model.validation_path,
+            target=model.target,
+            name=name,
+            **options,  # type: ignore[arg-type]
+        )
+    )
+    return result.builds[0].bundle_path
+
+
 @pytest.fixture(scope="session")
 def built_bundle(
     tmp_path_factory: pytest.TempPathFactory, key_dir: Path, logreg: TrainedModel
 ) -> Path:
     """A bundle for raspberry-pi-4 built by the real pipeline; copy it before changing it."""
-    from edgeml.converters.pipeline import BuildRequest, build_bundles
-    from edgeml.toolkit.profiles import load_profile
-
-    out = tmp_path_factory.mktemp("bundles")
-    result = build_bundles(
-        BuildRequest(
-            model_path=logreg.model_path,
-            profiles=[load_profile("raspberry-pi-4")],
-            signing_key=load_private_key(key_dir / "edgeml.key"),
-            out_dir=out,
-            validation_path=logreg.validation_path,
-            target=logreg.target,
-            name="cancer",
-            version="1.0.0",
-        )
+    return build_bundle(
+        logreg, key_dir, tmp_path_factory.mktemp("bundles"), "cancer", version="1.0.0"
     )
-    return result.builds[0].bundle_path

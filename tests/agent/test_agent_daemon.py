@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from broker import MosquittoBroker, free_port
-from conftest import TrainedModel
+from conftest import TrainedModel, build_bundle
 from protocol_peer import ProtocolPeer
 
 from edgeml.toolkit.scoring import ScoringEngine
@@ -117,24 +117,14 @@ def agent(
 def newer_bundle(
     tmp_path_factory: pytest.TempPathFactory, key_dir: Path, logreg: TrainedModel
 ) -> Path:
-    from edgeml.converters.pipeline import BuildRequest, build_bundles
-    from edgeml.toolkit.keys import load_private_key
-    from edgeml.toolkit.profiles import load_profile
-
-    result = build_bundles(
-        BuildRequest(
-            model_path=logreg.model_path,
-            profiles=[load_profile("raspberry-pi-4")],
-            signing_key=load_private_key(key_dir / "edgeml.key"),
-            out_dir=tmp_path_factory.mktemp("newer"),
-            validation_path=logreg.validation_path,
-            target=logreg.target,
-            name="cancer",
-            version="1.1.0",
-            latency_budget_s=0.05,
-        )
+    return build_bundle(
+        logreg,
+        key_dir,
+        tmp_path_factory.mktemp("newer"),
+        "cancer",
+        version="1.1.0",
+        latency_budget_s=0.05,
     )
-    return result.builds[0].bundle_path
 
 
 def test_install_over_mqtt_then_serve_what_edgeml_score_serves(

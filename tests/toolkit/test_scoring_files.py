@@ -12,9 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import TrainedModel, train_model
+from conftest import TrainedModel, build_bundle, train_model
 
-from edgeml.converters.pipeline import BuildRequest, build_bundles
 from edgeml.toolkit.batch_scoring import (
     ScoreOptions,
     ScoreProgress,
@@ -23,26 +22,13 @@ from edgeml.toolkit.batch_scoring import (
 )
 from edgeml.toolkit.contract import ContractViolation
 from edgeml.toolkit.errors import InputError
-from edgeml.toolkit.keys import load_private_key
-from edgeml.toolkit.profiles import load_profile
 from edgeml.toolkit.scoring import ScoringEngine
 from edgeml.toolkit.tabular import read_table
 
 
 def build_fp32(model: TrainedModel, key_dir: Path, out: Path, name: str) -> Path:
     """A bundle for x86-64-generic, whose only precision is fp32: it must reproduce its source."""
-    result = build_bundles(
-        BuildRequest(
-            model_path=model.model_path,
-            profiles=[load_profile("x86-64-generic")],
-            signing_key=load_private_key(key_dir / "edgeml.key"),
-            out_dir=out,
-            validation_path=model.validation_path,
-            target=model.target,
-            name=name,
-        )
-    )
-    return result.builds[0].bundle_path
+    return build_bundle(model, key_dir, out, name, "x86-64-generic")
 
 
 @pytest.fixture(scope="module")
