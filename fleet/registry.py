@@ -1,0 +1,905 @@
+"""The fleet registry: devices, bundles, rollouts, operator requests, the command queue,
+command results, telemetry windows and the audit log, in one SQLite file.
+
+``edgeml fleet serve`` (a long-running process) and the short CLI commands (``fleet publish``,
+``fleet devices``, ``fleet rollout ...``) open the same file at the same time. So: WAL journal
+(readers never wait for the writer), every write one ``BEGIN IMMEDIATE`` transaction (a writer
+takes the lock first and waits for it, up to a busy timeout, instead of failing on a stale
+snapshot), and :meth:`FleetRegistry.transaction` for callers that write several things at once
+(a rollout document with the commands it decided, atomically). The CLI never writes a rollout
+document the service owns: it files an operator request, which the service consumes.
+
+Schema changes are named migrations recorded in the database (sqlite-utils' ``Migrations`` in
+the ``_sqlite_migrations`` table, or the same bookkeeping by hand on sqlite-utils 3). A file
+with a migration this edgeml does not know was written by a newer edgeml, and is refused.
+
+Reads return the typed records of :mod:`edgeml.fleet.records`, never rows, and the interface
+speaks of fleet things only, never of SQL, so that a server database can later be another
+backend of the same interface (DESIGN.md, "Scale beyond one machine").
+
+What this module leaves to others: MQTT (parsing, subscribing, publishing: the service);
+decisions (which devices get which command, when a stage passes: ``edgeml.fleet.rollout``,
+whose documents are stored here as opaque JSON); verifying bundles (the publish command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from edgeml.fleet.records import (
+    OPERATOR_ACTIONS,
+    AuditEntry,
+    BundleRecord,
+    DeviceRecord,
+    OperatorRequest,
+    QueuedCommand,
+    ResultRecord,
+    RolloutRecord,
+    WindowRecord,
+)
+from edgeml.toolkit.errors import ConfigError, InputError
+from edgeml.toolkit.protocol import (
+    Command,
+    CommandResult,
+    Status,
+    TelemetryWindow,
+    check_device_id,
+)
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_S",
+    "MIGRATION_SET",
+    "FleetRegistry",
+    "RegistryError",
+]
+
+MIGRATION_SET = "edgeml-fleet-registry"
+DEFAULT_BUSY_TIMEOUT_S = 10.0
+
+_ACTIONS_SQL = ", ".join(f"'{a}'" for a in OPERATOR_ACTIONS)
+_SCHEMA_0001 = (
+    """CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY, profile TEXT, tags TEXT NOT NULL DEFAULT '[]',
+        online INTEGER NOT NULL, active TEXT, previous TEXT, state TEXT NOT NULL,
+        agent_version TEXT, detail TEXT NOT NULL DEFAULT '', sent_at REAL NOT NULL,
+        last_seen REAL NOT NULL, first_seen REAL NOT NULL)""",
+    "CREATE INDEX devices_profile ON devices (profile)",
+    """CREATE TABLE bundles (
+        bundle_id TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL,
+        profile TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL,
+        key_id TEXT NOT NULL, published_at REAL NOT NULL)""",
+    """CREATE TABLE rollouts (
+        rollout_id TEXT PRIMARY KEY, bundle_id TEXT NOT NULL REFERENCES bundles (bundle_id),
+        state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        document TEXT NOT NULL)""",
+    "CREATE INDEX rollouts_state ON rollouts (state, created_at)",
+    f"""CREATE TABLE operator_requests (
+        request_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        rollout_id TEXT NOT NULL REFERENCES rollouts (rollout_id),
+        action TEXT NOT NULL CHECK (action IN ({_ACTIONS_SQL})), requested_at REAL NOT NULL,
+        actor TEXT NOT NULL, reason TEXT NOT NULL, handled_at REAL)""",
+    "CREATE INDEX operator_requests_pending ON operator_requests (rollout_id, request_id) "
+    "WHERE handled_at IS NULL",
+    """CREATE TABLE commands (
+        command_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, kind TEXT NOT NULL,
+        bundle_id TEXT, rollout_id TEXT, created_at REAL NOT NULL, sent_at REAL,
+        reason TEXT NOT NULL, document TEXT NOT NULL)""",
+    "CREATE INDEX commands_unsent ON commands (created_at) WHERE sent_at IS NULL",
+    "CREATE INDEX commands_rollout ON commands (rollout_id)",
+    "CREATE INDEX commands_device ON commands (device_id)",
+    """CREATE TABLE command_results (
+        result_id INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL,
+        device_id TEXT NOT NULL, kind TEXT NOT NULL, outcome TEXT NOT NULL, sent_at REAL NOT NULL,
+        received_at REAL NOT NULL, detail TEXT NOT NULL, bundle_id TEXT, active TEXT,
+        previous TEXT, known INTEGER NOT NULL)""",
+    "CREATE INDEX command_results_command ON command_results (command_id, result_id)",
+    """CREATE TABLE telemetry (
+        device_id TEXT NOT NULL, seq INTEGER NOT NULL, window_start REAL NOT NULL,
+        window_end REAL NOT NULL, bundle_id TEXT, requests INTEGER NOT NULL,
+        rows INTEGER NOT NULL, errors INTEGER NOT NULL, contract_violations INTEGER NOT NULL,
+        latency_ms TEXT NOT NULL, predictions TEXT NOT NULL, drift_psi TEXT NOT NULL,
+        dropped_windows INTEGER NOT NULL, p95_ms REAL, received_at REAL NOT NULL,
+        PRIMARY KEY (device_id, seq))""",
+    # Both secondary indexes grow at their end (received_at only increases), so they cost the
+    # ingest little; an index led by (bundle_id, device_id) would take random inserts.
+    "CREATE INDEX telemetry_bundle ON telemetry (bundle_id, received_at)",
+    "CREATE INDEX telemetry_received ON telemetry (received_at)",
+    """CREATE TABLE audit (
+        entry_id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, reason TEXT NOT NULL, rollout_id TEXT, device_id TEXT,
+        details TEXT NOT NULL DEFAULT '{}')""",
+    "CREATE INDEX audit_rollout ON audit (rollout_id, entry_id)",
+    "CREATE INDEX audit_device ON audit (device_id, entry_id)",
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+)
+
+
+def _create_schema(db: sqlite_utils.Database) -> None:
+    for statement in _SCHEMA_0001:  # one by one: executescript would commit the transaction
+        db.execute(statement)
+
+
+MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
+    ("0001_create_registry", _create_schema),
+)
+"""Named migrations, applied in order, each once; append, never edit or reorder."""
+
+
+class RegistryError(ConfigError):
+    """The registry database cannot be opened or used: not a SQLite file, not a registry,
+    written by a newer edgeml, damaged, locked for longer than the busy timeout, closed."""
+
+
+# ------------------------------------------------------------------------------ columns
+
+_DEVICE = (
+    "device_id, profile, tags, online, active, previous, state, agent_version, detail, "
+    "sent_at, last_seen, first_seen"
+)
+_BUNDLE = "bundle_id, name, version, profile, sha256, size, path, key_id, published_at"
+_ROLLOUT = "rollout_id, bundle_id, state, created_at, updated_at, document"
+_REQUEST = "request_id, rollout_id, action, requested_at, actor, reason, handled_at"
+_COMMAND = "device_id, document, created_at, reason, sent_at"
+_RESULT = (
+    "r.result_id, r.device_id, r.command_id, r.kind, r.outcome, r.sent_at, r.detail, "
+    "r.bundle_id, r.active, r.previous, r.received_at, r.known"
+)
+_WINDOW = (
+    "device_id, seq, window_start, window_end, bundle_id, requests, rows, errors, "
+    "contract_violations, latency_ms, predictions, drift_psi, dropped_windows, received_at"
+)
+_AUDIT = "entry_id, at, actor, action, reason, rollout_id, device_id, details"
+_KNOWN_RESULTS = (
+    "command_results r JOIN commands c ON c.command_id = r.command_id "
+    "AND c.device_id = r.device_id AND r.known = 1"
+)
+
+
+def _device(row: Sequence[Any]) -> DeviceRecord:
+    return DeviceRecord(
+        row[0], row[1], tuple(json.loads(row[2])), bool(row[3]), *row[4:9], *row[9:12]
+    )
+
+
+def _rollout(row: Sequence[Any]) -> RolloutRecord:
+    return RolloutRecord(*row[:5], json.loads(row[5]))
+
+
+def _queued(row: Sequence[Any]) -> QueuedCommand:
+    return QueuedCommand(row[0], Command.from_dict(json.loads(row[1])), *row[2:5])
+
+
+def _result(row: Sequence[Any]) -> ResultRecord:
+    return ResultRecord(
+        row[0], row[1], CommandResult(*row[2:10]), received_at=row[10], known=bool(row[11])
+    )
+
+
+def _window(row: Sequence[Any]) -> WindowRecord:
+    values = list(row[:13])
+    for i in (9, 10, 11):  # latency_ms, predictions, drift_psi
+        values[i] = json.loads(values[i])
+    return WindowRecord(TelemetryWindow(*values), row[13])
+
+
+def _json(what: str, value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{what} must be JSON-ready data: {error}") from None
+
+
+def _insert(
+    conn: sqlite3.Connection, table: str, values: dict[str, Any], suffix: str = ""
+) -> sqlite3.Cursor:
+    """``INSERT INTO table`` of one row given as column → value."""
+    marks = ", ".join(f":{column}" for column in values)
+    return conn.execute(
+        f"INSERT INTO {table} ({', '.join(values)}) VALUES ({marks}){suffix}", values
+    )
+
+
+def _where(**filters: Any) -> tuple[str, list[Any]]:
+    """``column = ?`` for each filter that is not None (so that SQLite can use its indexes)."""
+    clauses = [f"{column} = ?" for column, value in filters.items() if value is not None]
+    params = [value for value in filters.values() if value is not None]
+    return " AND ".join(clauses) or "1", params
+
+
+def _id_list(ids: Iterable[Any]) -> str:
+    """Ids as one JSON parameter, read by ``json_each``: one statement for any number."""
+    return json.dumps([i if isinstance(i, int | float) else str(i) for i in ids])
+
+
+class FleetRegistry:
+    """The fleet's storage in one SQLite file, shared by the service and the CLI.
+
+    Open with :meth:`open`. Thread-safe within a process (one connection behind a lock) and
+    safe with other processes on the same file. Times are Unix seconds on the fleet's clock,
+    passed in by the caller: nothing stored here comes from a clock the registry reads.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        """Wrap an open connection; use :meth:`open` instead."""
+        self.path = path
+        self._db: sqlite_utils.Database | None = sqlite_utils.Database(conn, execute_plugins=False)
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        synchronous: str = "NORMAL",
+    ) -> FleetRegistry:
+        """Open the registry, creating the file or migrating its schema as needed.
+
+        Args:
+            path: the database file (``--db fleet.db``); its folder must exist.
+            busy_timeout_s: how long a write waits for another process's lock.
+            synchronous: ``NORMAL`` (survives a killed process; a power cut may lose the last
+                transactions, never corrupt the file) or ``FULL`` (survives a power cut too,
+                at one fsync per transaction).
+
+        Returns:
+            The open registry; close it, or use it as a context manager.
+
+        Raises:
+            RegistryError: (a ``ConfigError``) the file is not a SQLite database, is another
+                program's database, was written by a newer edgeml, or cannot be opened.
+        """
+        path = Path(path)
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ConfigError(f"registry synchronous must be NORMAL or FULL, got {synchronous!r}")
+        if path.is_dir() or not path.parent.is_dir():
+            what = "is a folder" if path.is_dir() else f"folder {path.parent} does not exist"
+            raise RegistryError(f"{path}: cannot open the fleet registry: {what}")
+        try:
+            conn = sqlite3.connect(
+                str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise RegistryError(f"{path}: cannot open the fleet registry: {error}") from None
+        try:
+            registry = cls(path, conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            registry._database().enable_wal()
+            conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")  # trim the WAL after bursts
+            with registry._write("migrating the schema"):
+                registry._migrate()
+        except sqlite3.Error as error:
+            conn.close()
+            raise RegistryError(f"{path}: not a usable fleet registry: {error}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return registry
+
+    # ------------------------------------------------------------------------- plumbing
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> FleetRegistry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _database(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise RegistryError(f"{self.path}: the fleet registry is closed")
+        return self._db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Write several things atomically: all of them, or none if the block raises.
+
+        The first (outermost) block takes the database's write lock at once
+        (``BEGIN IMMEDIATE``), waiting up to the busy timeout for another process; nested
+        blocks and the registry's own writes inside it join it (as savepoints). Other
+        threads using the same registry wait until the block ends.
+
+        Raises:
+            RegistryError: the lock was not free within the busy timeout, or the commit failed.
+        """
+        with self._lock:
+            conn = self._database().conn
+            if self._depth:
+                savepoint = f"fleet_registry_{self._depth}"
+                conn.execute(f"SAVEPOINT {savepoint}")
+                self._depth += 1
+                try:
+                    yield
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute(f"ROLLBACK TO {savepoint}")
+                        conn.execute(f"RELEASE {savepoint}")
+                    raise
+                else:
+                    conn.execute(f"RELEASE {savepoint}")
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise RegistryError(f"{self.path}: cannot write: {error}") from None
+            self._depth = 1
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException as error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(error, sqlite3.Error):
+                    raise RegistryError(f"{self.path}: cannot write: {error}") from None
+                raise
+            finally:
+                self._depth = 0
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write, in its own transaction or the caller's; SQLite errors named."""
+        with self.transaction():
+            try:
+                yield self._database().conn
+            except sqlite3.Error as error:
+                raise RegistryError(f"{self.path}: {what} failed: {error}") from None
+
+    def _query(self, what: str, sql: str, params: Any = ()) -> list[Any]:
+        """Every row a read gives; SQLite errors named."""
+        with self._lock:
+            try:
+                return self._database().conn.execute(sql, params).fetchall()
+            except sqlite3.Error as error:
+                raise RegistryError(f"{self.path}: {what} failed: {error}") from None
+
+    def _query_one(self, what: str, sql: str, params: Any = ()) -> Any:
+        """The first row a read gives, or None."""
+        rows = self._query(what, sql, params)
+        return rows[0] if rows else None
+
+    def _migrate(self) -> None:
+        """Refuse a foreign or newer database, then apply pending migrations."""
+        db = self._database()
+        known = [name for name, _ in MIGRATIONS]
+        applied: list[str] = []
+        if db["_sqlite_migrations"].exists():
+            applied = [
+                row[0]
+                for row in db.execute(
+                    "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY id",
+                    [MIGRATION_SET],
+                )
+            ]
+        unknown = [name for name in applied if name not in known]
+        if unknown:
+            raise RegistryError(
+                f"{self.path}: written by a newer edgeml (schema migrations "
+                f"{', '.join(unknown)} are unknown here); upgrade edgeml to open it"
+            )
+        tables = [name for name in db.table_names() if not name.startswith(("sqlite_", "_"))]
+        if not applied and tables:
+            raise RegistryError(
+                f"{self.path}: a SQLite database but not an edgeml fleet registry "
+                f"(it holds tables {', '.join(sorted(tables))})"
+            )
+        migrations_class = getattr(sqlite_utils, "Migrations", None)
+        if migrations_class is not None:
+            migrations = migrations_class(MIGRATION_SET)
+            for name, function in MIGRATIONS:
+                migrations(name=name)(function)
+            migrations.apply(db)
+            return
+        # sqlite-utils 3: the same bookkeeping table, kept by hand.
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS _sqlite_migrations (id INTEGER PRIMARY KEY, "
+            "migration_set TEXT, name TEXT, applied_at TEXT)"
+        )
+        db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS idx__sqlite_migrations_migration_set_name "
+            "ON _sqlite_migrations (migration_set, name)"
+        )
+        for name, function in MIGRATIONS:
+            if name not in applied:
+                function(db)
+                db.execute(
+                    "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                    "VALUES (?, ?, ?)",
+                    [MIGRATION_SET, name, str(datetime.datetime.now(datetime.timezone.utc))],
+                )
+
+    # -------------------------------------------------------------------------- devices
+
+    def record_status(self, status: Status, received_at: float) -> None:
+        """Store a device's status: insert it, or replace what the previous status said.
+
+        Args:
+            status: the parsed status message.
+            received_at: when the fleet received it; becomes ``last_seen`` (and ``first_seen``
+                for a device not seen before).
+        """
+        values = {
+            **asdict(status),
+            "tags": json.dumps(list(status.tags)),
+            "online": int(status.online),
+            "last_seen": received_at,
+            "first_seen": received_at,
+        }
+        kept = ("device_id", "first_seen")
+        update = ", ".join(f"{c} = excluded.{c}" for c in values if c not in kept)
+        with self._write("recording a status") as conn:
+            _insert(conn, "devices", values, f" ON CONFLICT (device_id) DO UPDATE SET {update}")
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        """The device, or None if it never sent a status."""
+        row = self._query_one(
+            "reading a device", f"SELECT {_DEVICE} FROM devices WHERE device_id = ?", (device_id,)
+        )
+        return None if row is None else _device(row)
+
+    def devices(self, profile: str | None = None, tags: Iterable[str] = ()) -> list[DeviceRecord]:
+        """Devices, sorted by id.
+
+        Args:
+            profile: only devices of this hardware profile.
+            tags: only devices that have every one of these tags.
+        """
+        clauses, params = ["1"], []
+        if profile is not None:
+            clauses.append("profile = ?")
+            params.append(profile)
+        for tag in dict.fromkeys(tags):
+            clauses.append("EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE value = ?)")
+            params.append(tag)
+        rows = self._query(
+            "listing devices",
+            f"SELECT {_DEVICE} FROM devices WHERE {' AND '.join(clauses)} ORDER BY device_id",
+            params,
+        )
+        return [_device(row) for row in rows]
+
+    # -------------------------------------------------------------------------- bundles
+
+    def add_bundle(self, record: BundleRecord) -> bool:
+        """Register a published bundle.
+
+        Returns:
+            True when added; False when the same id with the same content was already there.
+
+        Raises:
+            InputError: the id is already published with other content (a published id
+                never changes content: publish a new version).
+        """
+        with self._write("publishing a bundle") as conn:
+            row = conn.execute(
+                "SELECT sha256 FROM bundles WHERE bundle_id = ?", (record.bundle_id,)
+            ).fetchone()
+            if row is not None:
+                if row[0] == record.sha256:
+                    return False
+                raise InputError(
+                    f"bundle {record.bundle_id} is already published with other content "
+                    f"(sha256 {row[0]}, this file {record.sha256}); a published id never "
+                    "changes content: publish it under a new version"
+                )
+            _insert(conn, "bundles", asdict(record))
+        return True
+
+    def bundle(self, bundle_id: str) -> BundleRecord | None:
+        """The published bundle, or None."""
+        row = self._query_one(
+            "reading a bundle", f"SELECT {_BUNDLE} FROM bundles WHERE bundle_id = ?", (bundle_id,)
+        )
+        return None if row is None else BundleRecord(*row)
+
+    def bundles(self, profile: str | None = None) -> list[BundleRecord]:
+        """Published bundles, sorted by id; only those of ``profile`` if given."""
+        where, params = _where(profile=profile)
+        rows = self._query(
+            "listing bundles",
+            f"SELECT {_BUNDLE} FROM bundles WHERE {where} ORDER BY bundle_id",
+            params,
+        )
+        return [BundleRecord(*row) for row in rows]
+
+    # ------------------------------------------------------------------------- rollouts
+
+    def add_rollout(
+        self, rollout_id: str, bundle_id: str, state: str, created_at: float, document: dict
+    ) -> None:
+        """Store a new rollout.
+
+        Raises:
+            InputError: the bundle is not published, or the rollout id is taken.
+        """
+        text = _json(f"rollout {rollout_id}'s document", document)
+        with self._write("storing a rollout") as conn:
+            if not conn.execute(
+                "SELECT 1 FROM bundles WHERE bundle_id = ?", (bundle_id,)
+            ).fetchone():
+                raise InputError(f"bundle {bundle_id} is not published in {self.path}")
+            if conn.execute(
+                "SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+            ).fetchone():
+                raise InputError(f"rollout {rollout_id} already exists in {self.path}")
+            conn.execute(
+                f"INSERT INTO rollouts ({_ROLLOUT}) VALUES (?, ?, ?, ?, ?, ?)",
+                (rollout_id, bundle_id, state, created_at, created_at, text),
+            )
+
+    def save_rollout(self, rollout_id: str, state: str, updated_at: float, document: dict) -> None:
+        """Replace a rollout's state and document.
+
+        Raises:
+            InputError: no such rollout.
+        """
+        text = _json(f"rollout {rollout_id}'s document", document)
+        with self._write("saving a rollout") as conn:
+            changed = conn.execute(
+                "UPDATE rollouts SET state = ?, updated_at = ?, document = ? WHERE rollout_id = ?",
+                (state, updated_at, text, rollout_id),
+            ).rowcount
+        if not changed:
+            raise InputError(f"no rollout {rollout_id} in {self.path}")
+
+    def rollout(self, rollout_id: str) -> RolloutRecord | None:
+        """The rollout, or None."""
+        row = self._query_one(
+            "reading a rollout",
+            f"SELECT {_ROLLOUT} FROM rollouts WHERE rollout_id = ?",
+            (rollout_id,),
+        )
+        return None if row is None else _rollout(row)
+
+    def rollouts(self, states: Iterable[str] | None = None) -> list[RolloutRecord]:
+        """Rollouts, newest first; only those in ``states`` if given."""
+        wanted = None if states is None else _id_list(states)
+        rows = self._query(
+            "listing rollouts",
+            f"SELECT {_ROLLOUT} FROM rollouts WHERE ? IS NULL "
+            "OR state IN (SELECT value FROM json_each(?)) ORDER BY created_at DESC, rowid DESC",
+            (wanted, wanted),
+        )
+        return [_rollout(row) for row in rows]
+
+    # ---------------------------------------------------------------- operator requests
+
+    def request(
+        self, rollout_id: str, action: str, at: float, actor: str = "cli", reason: str = ""
+    ) -> int:
+        """File an operator's request for the service to act on.
+
+        Returns:
+            The request's id.
+
+        Raises:
+            InputError: the action is not one of pause, resume, approve, abort, or there is
+                no such rollout.
+        """
+        if action not in OPERATOR_ACTIONS:
+            raise InputError(
+                f"unknown rollout action {action!r}: one of {', '.join(OPERATOR_ACTIONS)}"
+            )
+        with self._write("filing a request") as conn:
+            if not conn.execute(
+                "SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+            ).fetchone():
+                raise InputError(f"no rollout {rollout_id} in {self.path}")
+            cursor = conn.execute(
+                "INSERT INTO operator_requests (rollout_id, action, requested_at, actor, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (rollout_id, action, at, actor, reason),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def pending_requests(self, rollout_id: str | None = None) -> list[OperatorRequest]:
+        """Requests not yet consumed, oldest first; of one rollout, or of all if None."""
+        where, params = _where(rollout_id=rollout_id)
+        rows = self._query(
+            "reading requests",
+            f"SELECT {_REQUEST} FROM operator_requests WHERE handled_at IS NULL AND {where} "
+            "ORDER BY request_id",
+            params,
+        )
+        return [OperatorRequest(*row) for row in rows]
+
+    def consume_requests(self, ids: Iterable[int], at: float) -> int:
+        """Mark requests handled; those already handled keep their first time.
+
+        Returns:
+            How many were pending and are now handled.
+        """
+        with self._write("consuming requests") as conn:
+            return conn.execute(
+                "UPDATE operator_requests SET handled_at = ? WHERE handled_at IS NULL "
+                "AND request_id IN (SELECT value FROM json_each(?))",
+                (at, _id_list(ids)),
+            ).rowcount
+
+    # ------------------------------------------------------------------------- commands
+
+    def queue_command(self, command: Command, device_id: str, reason: str, at: float) -> None:
+        """Queue a command for a device; it stays queued until :meth:`mark_sent`.
+
+        Raises:
+            InputError: the device id is not valid, or the command id was queued before.
+        """
+        check_device_id(device_id)
+        with self._write("queueing a command") as conn:
+            if conn.execute(
+                "SELECT 1 FROM commands WHERE command_id = ?", (command.command_id,)
+            ).fetchone():
+                raise InputError(f"command {command.command_id} was already queued")
+            values = {
+                "command_id": command.command_id,
+                "device_id": device_id,
+                "kind": command.kind,
+                "bundle_id": command.bundle_id,
+                "rollout_id": command.rollout_id,
+                "created_at": at,
+                "reason": reason,
+                "document": _json("a command", command.to_dict()),
+            }
+            _insert(conn, "commands", values)
+
+    def unsent_commands(self, limit: int = 1000) -> list[QueuedCommand]:
+        """Commands queued and not yet sent, oldest first (at most ``limit``)."""
+        rows = self._query(
+            "reading the command queue",
+            f"SELECT {_COMMAND} FROM commands WHERE sent_at IS NULL "
+            "ORDER BY created_at, rowid LIMIT ?",
+            (limit,),
+        )
+        return [_queued(row) for row in rows]
+
+    def mark_sent(self, command_ids: Iterable[str], at: float) -> int:
+        """Record that commands were published; a command already sent keeps its first time.
+
+        Returns:
+            How many commands were unsent and are now sent.
+        """
+        with self._write("marking commands sent") as conn:
+            return conn.execute(
+                "UPDATE commands SET sent_at = ? WHERE sent_at IS NULL "
+                "AND command_id IN (SELECT value FROM json_each(?))",
+                (at, _id_list(command_ids)),
+            ).rowcount
+
+    def command(self, command_id: str) -> QueuedCommand | None:
+        """The queued command (sent or not), or None."""
+        row = self._query_one(
+            "reading a command",
+            f"SELECT {_COMMAND} FROM commands WHERE command_id = ?",
+            (command_id,),
+        )
+        return None if row is None else _queued(row)
+
+    # -------------------------------------------------------------------------- results
+
+    def record_result(self, device_id: str, result: CommandResult, received_at: float) -> bool:
+        """Store a command result that arrived on ``device_id``'s events topic.
+
+        Every result is kept; one that does not answer a command queued for that device
+        (unknown command id, another device's command, another kind) is kept as unknown and
+        never returned by :meth:`final_result` or :meth:`latest_results`.
+
+        Returns:
+            Whether the result answers a command the fleet queued for that device.
+        """
+        with self._write("recording a command result") as conn:
+            known = (
+                conn.execute(
+                    "SELECT 1 FROM commands WHERE command_id = ? AND device_id = ? AND kind = ?",
+                    (result.command_id, device_id, result.kind),
+                ).fetchone()
+                is not None
+            )
+            values = {
+                **asdict(result),
+                "device_id": device_id,
+                "received_at": received_at,
+                "known": int(known),
+            }
+            _insert(conn, "command_results", values)
+        return known
+
+    def final_result(self, command_id: str) -> ResultRecord | None:
+        """The latest known result of a command whose outcome is not ``accepted``, or None."""
+        row = self._query_one(
+            "reading a command result",
+            f"SELECT {_RESULT} FROM {_KNOWN_RESULTS} WHERE r.command_id = ? "
+            "AND r.outcome != 'accepted' ORDER BY r.result_id DESC LIMIT 1",
+            (command_id,),
+        )
+        return None if row is None else _result(row)
+
+    def latest_results(self, command_ids: Iterable[str]) -> dict[str, ResultRecord]:
+        """For many commands at once (one query): each one's final result if it has one (as
+        :meth:`final_result`), else its latest ``accepted``; commands without a known result
+        are left out.
+
+        Returns:
+            Command id to result.
+        """
+        rows = self._query(
+            "reading command results",
+            f"SELECT * FROM (SELECT {_RESULT}, row_number() OVER (PARTITION BY r.command_id "
+            "ORDER BY r.outcome != 'accepted' DESC, r.result_id DESC) AS rank "
+            f"FROM {_KNOWN_RESULTS} WHERE r.command_id IN (SELECT value FROM json_each(?))) "
+            "WHERE rank = 1",
+            (_id_list(command_ids),),
+        )
+        return {record.command_id: record for record in map(_result, rows)}
+
+    # ------------------------------------------------------------------------ telemetry
+
+    def add_windows(self, windows: Sequence[TelemetryWindow], received_at: float) -> int:
+        """Store telemetry windows in one statement; a (device, seq) already stored is dropped.
+
+        One transaction (or part of the caller's): pass a whole batch (hundreds of windows),
+        not one window per call. The registry does not check that a window's device is the
+        one whose topic it arrived on: the service does.
+
+        Returns:
+            How many windows were new.
+        """
+        rows = [
+            (
+                w.device_id,
+                w.seq,
+                w.window_start,
+                w.window_end,
+                w.bundle_id,
+                w.requests,
+                w.rows,
+                w.errors,
+                w.contract_violations,
+                json.dumps(w.latency_ms, separators=(",", ":")),
+                json.dumps(w.predictions, separators=(",", ":")),
+                json.dumps(w.drift_psi, separators=(",", ":")),
+                w.dropped_windows,
+                received_at,
+                w.latency_ms.get("p95"),
+            )
+            for w in windows
+        ]
+        if not rows:
+            return 0
+        with self._write("storing telemetry") as conn:
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT OR IGNORE INTO telemetry ({_WINDOW}, p95_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return conn.total_changes - before
+
+    def windows(
+        self,
+        device_id: str | None = None,
+        bundle_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        received_since: float | None = None,
+    ) -> list[WindowRecord]:
+        """Stored windows, ordered by device and seq.
+
+        Args:
+            device_id: only this device's.
+            bundle_id: only windows served by this bundle.
+            since: only windows that start at or after this time (the device's clock).
+            until: only windows that start before this time (the device's clock).
+            received_since: only windows the fleet received at or after this time (the
+                fleet's clock, which a device's wrong clock cannot move).
+        """
+        where, params = _where(device_id=device_id, bundle_id=bundle_id)
+        for clause, value in (
+            ("window_start >= ?", since),
+            ("window_start < ?", until),
+            ("received_at >= ?", received_since),
+        ):
+            if value is not None:
+                where += f" AND {clause}"
+                params.append(value)
+        # With a time filter, "+" keeps SQLite from walking the whole primary key to skip
+        # a sort: the received_at index finds the few recent windows, then they are sorted.
+        order = "+device_id, +seq" if received_since is not None else "device_id, seq"
+        rows = self._query(
+            "reading telemetry",
+            f"SELECT {_WINDOW} FROM telemetry WHERE {where} ORDER BY {order}",
+            params,
+        )
+        return [_window(row) for row in rows]
+
+    def window_gaps(self, device_id: str) -> list[tuple[int, int]]:
+        """The device's windows that never arrived, as inclusive (first, last) seq ranges,
+        from seq 1 up to the highest stored (e.g. ``[(4, 6)]``: 4, 5 and 6 are missing)."""
+        rows = self._query(
+            "reading telemetry",
+            "SELECT previous + 1, seq - 1 FROM (SELECT seq, lag(seq, 1, 0) OVER "
+            "(ORDER BY seq) AS previous FROM telemetry WHERE device_id = ?) "
+            "WHERE seq > previous + 1 ORDER BY seq",
+            (device_id,),
+        )
+        return [(int(first), int(last)) for first, last in rows]
+
+    def telemetry_counts(self) -> dict[str, int]:
+        """``{"windows": stored windows, "devices": devices that reported any}``."""
+        windows, devices = self._query_one(
+            "counting telemetry", "SELECT count(*), count(DISTINCT device_id) FROM telemetry"
+        )
+        return {"windows": int(windows), "devices": int(devices)}
+
+    # ---------------------------------------------------------------------------- audit
+
+    def audit(
+        self,
+        at: float,
+        action: str,
+        reason: str,
+        *,
+        actor: str = "fleet",
+        rollout_id: str | None = None,
+        device_id: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        """Append an entry to the audit log (which the database keeps append-only).
+
+        Returns:
+            The entry's id.
+
+        Raises:
+            InputError: ``details`` is not JSON-ready data.
+        """
+        text = _json("audit details", details or {})
+        with self._write("writing the audit log") as conn:
+            return int(
+                conn.execute(
+                    "INSERT INTO audit (at, actor, action, reason, rollout_id, device_id, "
+                    "details) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (at, actor, action, reason, rollout_id, device_id, text),
+                ).lastrowid
+            )
+
+    def audit_log(
+        self, rollout_id: str | None = None, device_id: str | None = None, limit: int | None = None
+    ) -> list[AuditEntry]:
+        """Audit entries in the order they were written.
+
+        Args:
+            rollout_id: only entries about this rollout.
+            device_id: only entries about this device.
+            limit: only the newest ``limit`` entries (still oldest first).
+        """
+        where, params = _where(rollout_id=rollout_id, device_id=device_id)
+        rows = self._query(
+            "reading the audit log",
+            f"SELECT * FROM (SELECT {_AUDIT} FROM audit WHERE {where} "
+            "ORDER BY entry_id DESC LIMIT ?) ORDER BY entry_id",
+            [*params, -1 if limit is None else limit],
+        )
+        return [AuditEntry(*row[:7], json.loads(row[7])) for row in rows]
