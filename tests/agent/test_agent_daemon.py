@@ -5,84 +5,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from broker import MosquittoBroker, free_port
+from agent_process import EDGEML, Agent, write_config
+from broker import MosquittoBroker
 from conftest import TrainedModel, build_bundle
 from protocol_peer import ProtocolPeer
 
 from edgeml.toolkit.scoring import ScoringEngine
 from edgeml.toolkit.trust import load_trust_store
-
-EDGEML = str(Path(sys.executable).with_name("edgeml"))
-
-
-def write_config(
-    folder: Path, broker: MosquittoBroker, key_dir: Path, window_s: float = 0.5
-) -> Path:
-    api_port = free_port()
-    config = folder / "agent.toml"
-    config.write_text(
-        f'device_id = "pi-1"\nprofile = "raspberry-pi-4"\ntags = ["canary"]\n'
-        f'state_dir = "{folder / "state"}"\ntrust = "{key_dir / "edgeml.pub"}"\n'
-        f'[broker]\nurl = "{broker.url}"\n[api]\nlisten = "127.0.0.1:{api_port}"\n'
-        f"[telemetry]\nwindow_s = {window_s}\n"
-    )
-    return config
-
-
-class Agent:
-    """``edgeml agent run`` in a child process."""
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        listen = next(line for line in config.read_text().splitlines() if line.startswith("listen"))
-        self.url = "http://" + listen.split('"')[1]
-        self.log = config.parent / "agent.log"
-        self.process = subprocess.Popen(
-            [EDGEML, "agent", "run", "--config", str(config)],
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        ProtocolPeer.wait(self._answers, 30, "the agent's API")
-
-    def _answers(self) -> bool:
-        assert self.process.poll() is None, self.log.read_text()
-        try:
-            self.get("/v1/health")
-        except (urllib.error.URLError, ConnectionError):
-            return False
-        return True
-
-    def get(self, path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def predict(self, rows: np.ndarray) -> tuple[int, dict]:
-        body = json.dumps({"instances": rows.tolist()}).encode()
-        request = urllib.request.Request(
-            self.url + "/v1/predict", data=body, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
 
 
 @pytest.fixture

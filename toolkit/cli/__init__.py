@@ -14,6 +14,7 @@ import typer
 from edgeml.toolkit.cli import agent as agent_cli
 from edgeml.toolkit.cli import build as build_cli
 from edgeml.toolkit.cli import bundles as bundles_cli
+from edgeml.toolkit.cli import fleet as fleet_cli
 from edgeml.toolkit.cli import keys as keys_cli
 from edgeml.toolkit.cli import profiles as profiles_cli
 from edgeml.toolkit.cli import score as score_cli
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.add_typer(keys_cli.app, name="keys")
 app.add_typer(profiles_cli.app, name="profiles")
 app.add_typer(agent_cli.app, name="agent")
+app.add_typer(fleet_cli.app, name="fleet")
 app.command("build")(build_cli.build)
 app.command("verify")(bundles_cli.verify)
 app.command("inspect")(bundles_cli.inspect)
