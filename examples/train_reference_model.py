@@ -1,6 +1,8 @@
 """Train the quick-start model: a scaled logistic regression on scikit-learn's breast cancer
 data set (it ships with scikit-learn, nothing is downloaded), saved with skops, plus the
-validation file ``edgeml build`` needs.
+validation file ``edgeml build`` needs; and ``drifted-validation.csv``, the same rows as if a
+sensor's calibration had changed (every feature x4), for the demo's bad bundle: a bundle built
+on it has a drift baseline that the devices' real traffic does not match.
 
     python examples/train_reference_model.py --out demo-out
 """
@@ -37,6 +39,11 @@ def main() -> None:
         writer = csv.writer(handle)
         writer.writerow([*names, "diagnosis"])
         for row, label in zip(X_val, y_val, strict=True):
+            writer.writerow([repr(float(v)) for v in row] + [int(label)])
+    with (out / "drifted-validation.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*names, "diagnosis"])
+        for row, label in zip(X_val * 4.0, y_val, strict=True):
             writer.writerow([repr(float(v)) for v in row] + [int(label)])
     accuracy = float(np.mean(model.predict(X_val) == y_val))
     print(f"trained {out / 'model.skops'}: validation accuracy {accuracy:.4f} on {len(y_val)} rows")

@@ -318,7 +318,7 @@ def status_table(document: dict[str, Any]) -> Table:
         f"[bold]{document['state']}[/bold] ({document['reason']})"
     )
     table = Table(title=title, title_justify="left")
-    for column in ("stage", "size", "devices", "outcome", "device states"):
+    for column in ("stage", "size", "devices in all", "outcome", "its new devices"):
         table.add_column(column)
     for stage in document["stages"]:
         states = ", ".join(f"{k} {v}" for k, v in stage["states"].items()) or "-"
