@@ -21,6 +21,7 @@ connection), and one worker — :meth:`FleetService.run` — that owns the regis
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import ssl
 import threading
@@ -138,7 +139,8 @@ class FleetService:
         self._inbox: queue.Queue[tuple[str, str, Any]] = queue.Queue(maxsize=queue_limit)
         self._stopping = threading.Event()
         self.connected = threading.Event()
-        self._verified: dict[str, str] = {}  # bundle id -> sha256 of the copy that verified
+        # bundle id -> (recorded sha256, inode, size, mtime, ctime) of the copy that verified
+        self._verified: dict[str, tuple[str, int, int, int, int]] = {}
         self._health_at: dict[str, float] = {}
         self._health: dict[str, dict[str, Any]] = {}
         self.client = self._make_client()
@@ -297,8 +299,14 @@ class FleetService:
 
     def _bundle_verifies(self, bundle: BundleRecord) -> bool:
         """Whether the fleet's copy of a bundle verifies against the trust store (cached by
-        its hash: a copy changed on disk is verified again, and refused)."""
-        if self._verified.get(bundle.bundle_id) == bundle.sha256:
+        the file's identity and times: a copy changed on disk is verified again, and refused)."""
+        try:
+            seen = os.stat(bundle.path)
+        except OSError as error:
+            log.error("bundle %s refused: %s", bundle.bundle_id, error)
+            return False
+        stamp = (bundle.sha256, seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        if self._verified.get(bundle.bundle_id) == stamp:
             return True
         try:
             verify_bundle(bundle.path, self.trust)
@@ -309,7 +317,7 @@ class FleetService:
         except (EdgeMLError, OSError) as error:
             log.error("bundle %s refused: %s", bundle.bundle_id, error)
             return False
-        self._verified[bundle.bundle_id] = bundle.sha256
+        self._verified[bundle.bundle_id] = stamp
         return True
 
     # ----------------------------------------------------------------------- rollouts
