@@ -28,7 +28,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,6 +37,7 @@ import paho.mqtt.client as mqtt
 
 from edgeml.fleet.gates import summarize_windows
 from edgeml.fleet.operations import device_view
+from edgeml.fleet.publishing import file_sha256
 from edgeml.fleet.records import BundleRecord, WindowRecord
 from edgeml.fleet.registry import FleetRegistry
 from edgeml.fleet.rollout import (
@@ -310,8 +311,6 @@ class FleetService:
             return True
         try:
             verify_bundle(bundle.path, self.trust)
-            from edgeml.fleet.publishing import file_sha256
-
             if file_sha256(Path(bundle.path)) != bundle.sha256:
                 raise EdgeMLError(f"{bundle.path} changed since it was published")
         except (EdgeMLError, OSError) as error:
@@ -344,8 +343,6 @@ class FleetService:
     def _refuse(self, registry: FleetRegistry, rollout: Rollout, now: float) -> None:
         reason = f"bundle {rollout.bundle_id} does not verify against the trust store"
         if rollout.state in ("running", "waiting-approval", "paused"):
-            from dataclasses import replace
-
             aborted = replace(rollout, state="aborted", reason=reason, updated_at=now)
             with registry.transaction():
                 registry.save_rollout(rollout.rollout_id, "aborted", now, aborted.to_dict())
