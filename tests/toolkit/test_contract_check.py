@@ -25,6 +25,7 @@ from edgeml.toolkit.contract import (
     FeatureSpec,
     check_columns,
     check_matrix,
+    is_clean_small_batch,
     missing_columns,
 )
 from edgeml.toolkit.errors import InputError
@@ -303,3 +304,45 @@ def test_a_float32_matrix_is_checked_as_the_model_receives_it() -> None:
         contract, {"x": text("x", "0.1", "0.10000001")}, dtype=np.float32, strict_range=True
     )
     assert typed.invalid.tolist() == [False, True]
+
+
+INTEGERS_ONLY = DataContract(
+    (
+        FeatureSpec("n", "integer", nullable=False, minimum=0.0, maximum=16.0),
+        FeatureSpec("m", "integer", nullable=True, minimum=None, maximum=None),
+        FeatureSpec("b", "boolean", nullable=False, minimum=None, maximum=None),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([CONTRACT, INTEGERS_ONLY]),
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(1, 16),
+    st.data(),
+)
+def test_the_clean_fast_path_never_passes_what_the_full_check_flags(
+    contract: DataContract, dtype: type, rows: int, data: st.DataObject
+) -> None:
+    matrix = data.draw(
+        arrays(
+            dtype,
+            (rows, len(contract.features)),
+            elements=st.one_of(
+                st.sampled_from([0.0, 1.0, 2.0, 5.0, 16.0, -1.0, 0.5, 17.0, np.nan, np.inf]),
+                st.floats(-20, 20, width=32),
+            ),
+        )
+    )
+    report = check_matrix(contract, matrix)
+    if is_clean_small_batch(contract, matrix):  # then the full check finds nothing at all
+        assert report.passed and not report.out_of_range
+    elif not np.isnan(matrix).any():  # without nulls, "not clean" means it finds something
+        assert not report.passed or report.out_of_range
+
+
+def test_clean_rows_take_the_fast_path_and_predict_the_same() -> None:
+    clean = np.array([[1.0, 3.0, 1.0, -7.5], [10.0, 0.0, 0.0, 1e9]], dtype=np.float32)
+    assert is_clean_small_batch(CONTRACT, clean)
+    assert not is_clean_small_batch(CONTRACT, clean[:, [0, 1, 2, 3]] * np.array([1, 1, 2, 1]))
