@@ -62,6 +62,7 @@ MAX_VIOLATIONS_SHOWN = 20
 _TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 token68
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS; leave room for ".tmpPID"
 _NUMBER = (int, float)
+_NUMBERS = frozenset(_NUMBER)
 
 Recorder = Callable[[Observation], None]
 """Called with one observation per predict request, after its answer was sent."""
@@ -458,14 +459,14 @@ def parse_body(body: bytes, engine: ScoringEngine) -> tuple[Any, list[str]]:
         rows = document["rows"]
         if not isinstance(rows, list) or not rows:
             raise _Refusal(400, "bad-request", '"rows" must be a non-empty list of objects')
-        return _rows(rows, features)
+        return _rows(rows, features, engine.input_dtype)
     instances = document["instances"]
     if not isinstance(instances, list) or not instances:
         raise _Refusal(400, "bad-request", '"instances" must be a non-empty list of arrays')
-    return _instances(instances, features), []
+    return _instances(instances, features, engine.input_dtype), []
 
 
-def _rows(rows: list[Any], features: Sequence[str]) -> tuple[Any, list[str]]:
+def _rows(rows: list[Any], features: Sequence[str], dtype: np.dtype) -> tuple[Any, list[str]]:
     known = set(features)
     unknown: dict[str, None] = {}
     cells: list[list[Any]] | None = []
@@ -478,7 +479,7 @@ def _rows(rows: list[Any], features: Sequence[str]) -> tuple[Any, list[str]]:
             except KeyError:
                 cells = None
             else:
-                if all(type(v) in _NUMBER for v in values):
+                if _NUMBERS.issuperset(map(type, values)):
                     cells.append(values)
                 else:
                     cells = None
@@ -486,14 +487,21 @@ def _rows(rows: list[Any], features: Sequence[str]) -> tuple[Any, list[str]]:
             unknown.update(dict.fromkeys(k for k in row if k not in known))
     if cells is not None:
         with contextlib.suppress(OverflowError):
-            return np.array(cells, dtype=np.float64), list(unknown)
+            return _matrix(cells, dtype), list(unknown)
     for i, row in enumerate(rows):
         for name, value in row.items():
             _refuse_nested(i, name, value)
     return rows, []  # the contract check lists unknown columns itself
 
 
-def _instances(instances: list[Any], features: Sequence[str]) -> Any:
+def _matrix(cells: list[list[Any]], dtype: np.dtype) -> np.ndarray:
+    """Numbers as the model's float matrix, converted once (what ``as_input`` would do: a
+    value beyond float32 becomes inf, which the contract check then flags)."""
+    with np.errstate(over="ignore"):
+        return np.array(cells, dtype=dtype)
+
+
+def _instances(instances: list[Any], features: Sequence[str], dtype: np.dtype) -> Any:
     width = len(features)
     numbers = True
     for i, row in enumerate(instances):
@@ -513,11 +521,11 @@ def _instances(instances: list[Any], features: Sequence[str]) -> Any:
                 missing_fields=[],
                 violations=[{**violation, "message": message}],
             )
-        if numbers and not all(type(v) in _NUMBER for v in row):
+        if numbers and not _NUMBERS.issuperset(map(type, row)):
             numbers = False
     if numbers:
         with contextlib.suppress(OverflowError):
-            return np.array(instances, dtype=np.float64)
+            return _matrix(instances, dtype)
     for i, row in enumerate(instances):
         for name, value in zip(features, row, strict=True):
             _refuse_nested(i, name, value)

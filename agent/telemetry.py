@@ -55,6 +55,11 @@ LATENCY_RELATIVE_ERROR = math.sqrt(LATENCY_GROWTH) - 1.0
 PERCENTILES: tuple[int, ...] = (50, 95, 99)
 
 _SMALL_BATCH = 64  # rows up to which binning broadcasts against every edge at once
+_PENDING_BYTES = 256 * 1024
+"""Rows of small requests wait in a buffer of about this size (per float type; 512 rows at
+most) and are binned
+together: one vectorised pass per few hundred rows instead of a dozen numpy calls per
+request, which is most of what a single-row request costs the agent."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -277,6 +282,12 @@ class WindowAccumulator:
         self._class_index = {str(c): i for i, c in enumerate(self._prediction_classes)}
         self.latency = LatencyHistogram()
         self._requests = self._rows = self._errors = self._refused = self._drift_rows = 0
+        rows = min(512, max(_SMALL_BATCH, _PENDING_BYTES // (8 * max(len(self._names), 1))))
+        self._pending = {  # fixed buffers, made once
+            np.dtype(t): np.empty((rows, len(self._names)), dtype=t)
+            for t in (np.float32, np.float64)
+        }
+        self._pending_count = dict.fromkeys(self._pending, 0)
         self._lock = threading.Lock()
 
     @classmethod
@@ -304,6 +315,7 @@ class WindowAccumulator:
             + self._missing.nbytes
             + self._predictions.nbytes
             + self.latency.counts.nbytes
+            + sum(buffer.nbytes for buffer in self._pending.values())
         )
 
     # ------------------------------------------------------------------------- observing
@@ -326,14 +338,22 @@ class WindowAccumulator:
         matrix = observation.matrix
         scored = observation.outcome == "ok"
         tally = missing = None
+        small = None
         if scored and matrix is not None and matrix.shape[0] and self._names:
             if matrix.ndim != 2 or matrix.shape[1] != len(self.features):
                 raise ValueError(
                     f"expected a matrix of {len(self.features)} columns, got {matrix.shape}"
                 )
-            tally, missing = self._bin(matrix)
+            if matrix.shape[0] <= _SMALL_BATCH:
+                small = matrix if matrix.dtype in (np.float32, np.float64) else None
+                if small is None:
+                    small = matrix.astype(np.float64)
+            else:
+                tally, missing = self._bin(matrix)
         predictions = self._count_predictions(observation) if scored else None
         with self._lock:
+            if small is not None:
+                self._hold(small)
             self.latency.add(observation.latency_s)
             self._requests += 1
             if observation.outcome == "error":
@@ -348,6 +368,33 @@ class WindowAccumulator:
                 self._drift_rows += int(matrix.shape[0])
             if predictions is not None:
                 self._predictions += predictions
+
+    def _hold(self, matrix: np.ndarray) -> None:
+        """Keep a small request's rows for binning later (under the lock)."""
+        dtype = matrix.dtype
+        buffer = self._pending[dtype]
+        count = self._pending_count[dtype]
+        rows = matrix.shape[0]
+        if count + rows > len(buffer):
+            self._bin_pending()
+            count = 0
+        if len(self._columns) == matrix.shape[1]:
+            buffer[count : count + rows] = matrix
+        else:
+            buffer[count : count + rows] = matrix[:, self._columns]
+        self._pending_count[dtype] = count + rows
+        self._drift_rows += rows
+
+    def _bin_pending(self) -> None:
+        """Bin the rows waiting in the buffers into the window's counts (under the lock)."""
+        everything = list(range(len(self._names)))
+        for dtype, buffer in self._pending.items():
+            count = self._pending_count[dtype]
+            if count:
+                tally, missing = bin_matrix(buffer[:count], everything, self._edges)
+                self._bins += tally
+                self._missing += missing
+                self._pending_count[dtype] = 0
 
     def _bin(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Counts per baseline bin and nans per feature: ``drift.bin_matrix``'s figures."""
@@ -395,6 +442,7 @@ class WindowAccumulator:
             return self._drift_counts()
 
     def _drift_counts(self) -> DriftCounts:
+        self._bin_pending()
         features = {
             name: FeatureCounts(
                 tuple(int(c) for c in self._bins[i, : len(self._edges[i]) + 1]),
@@ -435,6 +483,8 @@ class WindowAccumulator:
             self._reset()
 
     def _reset(self) -> None:
+        for dtype in self._pending_count:
+            self._pending_count[dtype] = 0
         self._bins[:] = 0
         self._missing[:] = 0
         self._predictions[:] = 0
@@ -447,6 +497,7 @@ class WindowAccumulator:
         if window_end < window_start:
             raise ValueError(f"window_end {window_end} is before window_start {window_start}")
         drift_psi: dict[str, float] = {}
+        self._bin_pending()
         if self._drift_rows or self._predictions.any():
             report = summarise(self.baseline, self._drift_counts(), order=self._names)
             drift_psi = {f.name: f.psi for f in report.features if f.psi is not None}
