@@ -254,3 +254,53 @@ class AuditEntry:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data."""
         return asdict(self)
+
+
+ENROLLMENT_ROLES = ("device", "fleet")
+"""Who holds broker credentials: a device (user name = device id) or the fleet service."""
+
+
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    """A broker account the fleet issued: a device's, or the fleet service's own.
+
+    Only the password's hash is kept (Mosquitto's PBKDF2 format); the plain password was
+    written once, to the enrollment's ``broker-password`` file, and is nowhere else.
+
+    Attributes:
+        username: the broker user name; for a device, its device id.
+        role: ``device`` or ``fleet``.
+        profile: the device's hardware profile (None for the fleet).
+        tags: the device's tags at enrollment.
+        password_hash: ``$7$ITERATIONS$SALT$HASH``, as in a Mosquitto password file.
+        enrolled_at: when it was first enrolled, on the fleet's clock.
+        rotated_at: when its password was last replaced, or None.
+        revoked_at: when its access was revoked, or None while it may connect.
+        revoke_reason: the operator's words when revoking.
+    """
+
+    username: str
+    role: str
+    profile: str | None
+    tags: tuple[str, ...]
+    password_hash: str
+    enrolled_at: float
+    rotated_at: float | None = None
+    revoked_at: float | None = None
+    revoke_reason: str = ""
+
+    @property
+    def device_id(self) -> str:
+        """The device's id (its broker user name)."""
+        return self.username
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the account was revoked."""
+        return self.revoked_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data, without the password hash."""
+        document = {**asdict(self), "tags": list(self.tags), "revoked": self.revoked}
+        del document["password_hash"]
+        return document

@@ -1,5 +1,6 @@
 """The fleet registry: devices, bundles, rollouts, operator requests, the command queue,
-command results, telemetry windows and the audit log, in one SQLite file.
+command results, telemetry windows, broker accounts (enrollments) and the audit log, in one
+SQLite file.
 
 ``edgeml fleet serve`` (a long-running process) and the short CLI commands (``fleet publish``,
 ``fleet devices``, ``fleet rollout ...``) open the same file at the same time. So: WAL journal
@@ -37,10 +38,12 @@ from typing import Any
 import sqlite_utils
 
 from edgeml.fleet.records import (
+    ENROLLMENT_ROLES,
     OPERATOR_ACTIONS,
     AuditEntry,
     BundleRecord,
     DeviceRecord,
+    EnrollmentRecord,
     OperatorRequest,
     QueuedCommand,
     ResultRecord,
@@ -132,8 +135,24 @@ def _create_schema(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+_ROLES_SQL = ", ".join(f"'{r}'" for r in ENROLLMENT_ROLES)
+_SCHEMA_0002 = (
+    f"""CREATE TABLE enrollments (
+        username TEXT PRIMARY KEY, role TEXT NOT NULL CHECK (role IN ({_ROLES_SQL})),
+        profile TEXT, tags TEXT NOT NULL DEFAULT '[]', password_hash TEXT NOT NULL,
+        enrolled_at REAL NOT NULL, rotated_at REAL, revoked_at REAL,
+        revoke_reason TEXT NOT NULL DEFAULT '')""",
+)
+
+
+def _create_enrollments(db: sqlite_utils.Database) -> None:
+    for statement in _SCHEMA_0002:
+        db.execute(statement)
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_create_registry", _create_schema),
+    ("0002_create_enrollments", _create_enrollments),
 )
 """Named migrations, applied in order, each once; append, never edit or reorder."""
 
@@ -162,6 +181,10 @@ _WINDOW = (
     "contract_violations, latency_ms, predictions, drift_psi, dropped_windows, received_at"
 )
 _AUDIT = "entry_id, at, actor, action, reason, rollout_id, device_id, details"
+_ENROLLMENT = (
+    "username, role, profile, tags, password_hash, enrolled_at, rotated_at, revoked_at, "
+    "revoke_reason"
+)
 _KNOWN_RESULTS = (
     "command_results r JOIN commands c ON c.command_id = r.command_id "
     "AND c.device_id = r.device_id AND r.known = 1"
@@ -172,6 +195,10 @@ def _device(row: Sequence[Any]) -> DeviceRecord:
     return DeviceRecord(
         row[0], row[1], tuple(json.loads(row[2])), bool(row[3]), *row[4:9], *row[9:12]
     )
+
+
+def _enrollment(row: Sequence[Any]) -> EnrollmentRecord:
+    return EnrollmentRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), *row[4:9])
 
 
 def _rollout(row: Sequence[Any]) -> RolloutRecord:
@@ -853,6 +880,80 @@ class FleetRegistry:
             "counting telemetry", "SELECT count(*), count(DISTINCT device_id) FROM telemetry"
         )
         return {"windows": int(windows), "devices": int(devices)}
+
+    # ---------------------------------------------------------------------- enrollments
+
+    def save_enrollment(self, record: EnrollmentRecord) -> None:
+        """Store a broker account, replacing the one of the same user name if any.
+
+        Whether replacing is allowed (``--rotate-credentials``) is the caller's decision
+        (:mod:`edgeml.fleet.enrollment`), made in the same transaction.
+
+        Raises:
+            InputError: the role is not ``device`` or ``fleet``, or a device's user name is
+                not a valid device id.
+        """
+        if record.role not in ENROLLMENT_ROLES:
+            raise InputError(
+                f"enrollment role must be one of {', '.join(ENROLLMENT_ROLES)}, got {record.role!r}"
+            )
+        if record.role == "device":
+            check_device_id(record.username)
+        values = {**asdict(record), "tags": json.dumps(list(record.tags))}
+        update = ", ".join(f"{c} = excluded.{c}" for c in values if c != "username")
+        with self._write("storing an enrollment") as conn:
+            _insert(conn, "enrollments", values, f" ON CONFLICT (username) DO UPDATE SET {update}")
+
+    def enrollment(self, username: str) -> EnrollmentRecord | None:
+        """The broker account of a device (or of the fleet's user), revoked or not; or None."""
+        row = self._query_one(
+            "reading an enrollment",
+            f"SELECT {_ENROLLMENT} FROM enrollments WHERE username = ?",
+            (username,),
+        )
+        return None if row is None else _enrollment(row)
+
+    def enrollments(
+        self, role: str | None = None, *, include_revoked: bool = True
+    ) -> list[EnrollmentRecord]:
+        """Broker accounts, sorted by user name.
+
+        Args:
+            role: only ``device`` or only ``fleet`` accounts.
+            include_revoked: False leaves revoked accounts out (what the broker may admit).
+        """
+        where, params = _where(role=role)
+        if not include_revoked:
+            where += " AND revoked_at IS NULL"
+        rows = self._query(
+            "listing enrollments",
+            f"SELECT {_ENROLLMENT} FROM enrollments WHERE {where} ORDER BY username",
+            params,
+        )
+        return [_enrollment(row) for row in rows]
+
+    def revoke_enrollment(self, username: str, at: float, reason: str = "") -> bool:
+        """Mark a broker account revoked; one already revoked keeps its first time and reason.
+
+        Returns:
+            True when it was active and is now revoked; False when it was revoked already.
+
+        Raises:
+            InputError: no such account.
+        """
+        with self._write("revoking an enrollment") as conn:
+            if not conn.execute(
+                "SELECT 1 FROM enrollments WHERE username = ?", (username,)
+            ).fetchone():
+                raise InputError(f"{username} is not enrolled in {self.path}")
+            return (
+                conn.execute(
+                    "UPDATE enrollments SET revoked_at = ?, revoke_reason = ? "
+                    "WHERE username = ? AND revoked_at IS NULL",
+                    (at, reason, username),
+                ).rowcount
+                == 1
+            )
 
     # ---------------------------------------------------------------------------- audit
 

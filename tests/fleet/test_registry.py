@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edgeml.fleet.records import BundleRecord, DeviceRecord
-from edgeml.fleet.registry import MIGRATION_SET, FleetRegistry, RegistryError
+from edgeml.fleet.registry import MIGRATION_SET, MIGRATIONS, FleetRegistry, RegistryError
 from edgeml.toolkit.errors import ConfigError, InputError
 from edgeml.toolkit.protocol import Command, CommandResult, Status, TelemetryWindow
 
@@ -100,7 +100,7 @@ def test_open_creates_a_wal_database_with_the_schema_recorded(db_path: Path) -> 
     names = conn.execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET]
     ).fetchall()
-    assert names == [("0001_create_registry",)]
+    assert names == [(name,) for name, _ in MIGRATIONS]
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"devices", "bundles", "rollouts", "commands", "telemetry", "audit"} <= tables
     conn.close()
@@ -123,7 +123,8 @@ def test_without_sqlite_utils_migrations_the_same_bookkeeping_is_kept(
     with FleetRegistry.open(db_path) as registry:
         assert [e.action for e in registry.audit_log()] == ["made"]
     conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone() == (1,)
+    count = conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()
+    assert count == (len(MIGRATIONS),)
     conn.close()
 
 

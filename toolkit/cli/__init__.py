@@ -15,6 +15,7 @@ from edgeml.toolkit.cli import agent as agent_cli
 from edgeml.toolkit.cli import build as build_cli
 from edgeml.toolkit.cli import bundles as bundles_cli
 from edgeml.toolkit.cli import fleet as fleet_cli
+from edgeml.toolkit.cli import fleet_access
 from edgeml.toolkit.cli import keys as keys_cli
 from edgeml.toolkit.cli import profiles as profiles_cli
 from edgeml.toolkit.cli import score as score_cli
@@ -30,6 +31,9 @@ app.add_typer(keys_cli.app, name="keys")
 app.add_typer(profiles_cli.app, name="profiles")
 app.add_typer(agent_cli.app, name="agent")
 app.add_typer(fleet_cli.app, name="fleet")
+fleet_cli.app.command("enroll")(fleet_access.enroll)
+fleet_cli.app.command("broker-config")(fleet_access.broker_config)
+fleet_cli.app.command("revoke")(fleet_access.revoke)
 app.command("build")(build_cli.build)
 app.command("verify")(bundles_cli.verify)
 app.command("inspect")(bundles_cli.inspect)
