@@ -188,19 +188,24 @@ def roll_back_devices(
 def device_overview(
     registry: FleetRegistry, *, now: float | None = None, span_s: float = HEALTH_SPAN_S
 ) -> list[dict[str, Any]]:
-    """``fleet devices``: each device as it reports itself, with its health over the last
-    ``span_s`` of telemetry on its active bundle."""
+    """``fleet devices``: each device as it reports itself, whether it holds broker
+    credentials the fleet issued (``enrolled``) and whether they were revoked, with its
+    health over the last ``span_s`` of telemetry on its active bundle."""
     now = time.time() if now is None else now
     recent: dict[str, list[Any]] = defaultdict(list)
     for row in registry.windows(received_since=now - span_s):
         recent[row.device_id].append(row.window)
+    accounts = {e.username: e for e in registry.enrollments(role="device")}
     overview = []
     for device in registry.devices():
+        account = accounts.get(device.device_id)
         windows = [w for w in recent.get(device.device_id, ()) if w.bundle_id == device.active]
         figures = device_figures(summarize_windows(windows))
         overview.append(
             {
                 **device.to_dict(),
+                "enrolled": account is not None,
+                "revoked": account is not None and account.revoked_at is not None,
                 "health": {
                     k: figures[k]
                     for k in ("windows", "requests", "error_rate", "p95_ms", "max_psi")

@@ -155,7 +155,11 @@ def devices(db: DbOption, json_output: JsonOption = False) -> None:
             ",".join(d["tags"]),
             d["active"] or "-",
             d["previous"] or "-",
-            "[green]yes[/green]" if d["online"] else "[red]no[/red]",
+            "[red]revoked[/red]"
+            if d["revoked"]
+            else "[green]yes[/green]"
+            if d["online"]
+            else "[red]no[/red]",
             _when(d["last_seen"]),
             str(health["requests"]),
             _figure(health["error_rate"], "{:.2%}"),
