@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import agent_report
+import fleet_report
 import optimize_report
 from bench_agent import AgentBenchmark, run_agent_benchmark
 from bench_build import BuildBenchmark, run_build_benchmark
+from bench_fleet import FleetBenchmark, FleetScale, run_fleet_benchmark
 from bench_optimize import OptimizeBenchmark, run_optimize_benchmark
 from build_report import markdown_body, rich_table
 from docs_section import write_section
@@ -106,6 +108,18 @@ def render_agent(result: AgentBenchmark, environment: Environment) -> Outcome:
     return Outcome(agent_report.markdown_body(result, environment), agent_report.rich_table(result))
 
 
+def measure_fleet(settings: RunSettings) -> FleetBenchmark:
+    """The "fleet" benchmark's measurements (``bench_fleet``); --quick: 200 devices."""
+    quick = settings.repetitions < FULL_REPETITIONS
+    scale = FleetScale.quick() if quick else FleetScale()
+    return run_fleet_benchmark(settings.work, scale, settings.log)
+
+
+def render_fleet(result: FleetBenchmark, environment: Environment) -> Outcome:
+    """The "fleet" benchmark's page section and table (``fleet_report``)."""
+    return Outcome(fleet_report.markdown_body(result, environment), fleet_report.rich_table(result))
+
+
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "build",
@@ -124,6 +138,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "Optimize: every pass against fp32, per reference model",
         measure_optimize,
         render_optimize,
+    ),
+    Benchmark(
+        "fleet",
+        "Fleet: a rollout to 1,000 simulated devices and the telemetry ingest",
+        measure_fleet,
+        render_fleet,
     ),
 )
 
