@@ -3,10 +3,12 @@
 On start it recovers the state folder (``install.recover``), loads the active bundle into the
 scoring engine, serves the local API, and connects to the broker. Commands and chunks arrive
 on paho's thread and are queued to one worker thread, so an install never blocks the network
-loop or the API. Telemetry is summarised per window (``telemetry.WindowAccumulator``), written
-to the SQLite outbox first, and published with a bounded number in flight; a window leaves the
-outbox only when the broker acknowledged it. Predictions go on whether or not the broker is
-reachable.
+loop or the API. A ``trust`` command (a newer signed trust document) runs on the same worker:
+``edgeml.agent.trust`` verifies and persists it and re-verifies the held bundles, and the daemon
+then serves what still verifies. Telemetry is summarised per window
+(``telemetry.WindowAccumulator``), written to the SQLite outbox first, and published with a
+bounded number in flight; a window leaves the outbox only when the broker acknowledged it.
+Predictions go on whether or not the broker is reachable.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from edgeml.agent.config import AgentConfig, ensure_state_dir
 from edgeml.agent.install import install_bundle, recover, rollback
 from edgeml.agent.locking import install_lock
 from edgeml.agent.mqtt_link import AgentLink
-from edgeml.agent.outbox import TelemetryOutbox
+from edgeml.agent.outbox import OutboxError, TelemetryOutbox
 from edgeml.agent.slots import active_bundle_path, read_state
 from edgeml.agent.telemetry import Observation, WindowAccumulator
 from edgeml.agent.transfer import DiskFullError, IncomingTransfer
+from edgeml.agent.trust import DeviceTrust, chain_path, load_device_trust, update_trust
 from edgeml.toolkit import __version__
 from edgeml.toolkit.errors import EdgeMLError
 from edgeml.toolkit.protocol import (
@@ -43,7 +46,7 @@ from edgeml.toolkit.protocol import (
     TransferRequest,
 )
 from edgeml.toolkit.scoring import ScoringEngine
-from edgeml.toolkit.trust import TrustStore, load_trust_store
+from edgeml.toolkit.trust import TrustStore
 
 log = logging.getLogger("edgeml.agent")
 
@@ -69,9 +72,11 @@ class AgentDaemon:
         self.config = config
         self.clock = clock
         ensure_state_dir(config)
-        self.trust: TrustStore = load_trust_store(config.trust)
-        self.recovery = recover(config.state_dir, self.trust)
-        for problem in self.recovery.problems:
+        self._trust_stamp = self._chain_stamp()
+        self.device_trust: DeviceTrust = load_device_trust(config.state_dir, config.trust)
+        self.trust: TrustStore = self.device_trust.store
+        self.recovery = recover(config.state_dir, self._current_trust)
+        for problem in (*self.device_trust.problems, *self.recovery.problems):
             log.warning("recovery: %s", problem)
         self.holder = ModelHolder(None)
         self._accumulator: WindowAccumulator | None = None
@@ -83,14 +88,14 @@ class AgentDaemon:
             max_windows=config.telemetry.max_windows,
         )
         self.state = "idle"
-        self.detail = "; ".join(self.recovery.problems)
+        self.detail = "; ".join((*self.device_trust.problems, *self.recovery.problems))
         self._receiving: _Receiving | None = None
         self._work: queue.Queue[tuple[str, Message]] = queue.Queue(maxsize=1024)
         self._stop = threading.Event()
         self._in_flight: set[int] = set()
         self._acked_seqs: list[int] = []
         self._in_flight_lock = threading.Lock()
-        self._window_start = clock()
+        self._window_opened = time.monotonic()  # windows are timed on the monotonic clock
         self._status_written = 0.0
         self._last_status_document: dict[str, Any] | None = None
         self.link = AgentLink(config, self._enqueue, self._status, on_connected=self._on_connected)
@@ -115,14 +120,18 @@ class AgentDaemon:
         try:
             while not self._stop.wait(TICK_S):
                 now = self.clock()
-                if now - self._window_start >= self.config.telemetry.window_s:
+                if time.monotonic() - self._window_opened >= self.config.telemetry.window_s:
                     self.flush_window(now)
                 self.publish_telemetry()
                 self._notice_side_load()
-                self._notice_stalled_transfer(now)
+                self._notice_stalled_transfer()
                 self._write_status_file(now)
         finally:
             self.flush_window(self.clock())
+            if self.outbox.held:
+                log.warning(
+                    "%d telemetry window(s) lost: the outbox cannot store them", self.outbox.held
+                )
             self.publish_telemetry()
             deadline = time.monotonic() + 3  # let the last windows be acknowledged
             while (
@@ -141,10 +150,38 @@ class AgentDaemon:
 
     # --------------------------------------------------------------------- serving
 
+    def _chain_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = chain_path(self.config.state_dir).stat()
+        except FileNotFoundError:
+            return None
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def _current_trust(self) -> TrustStore:
+        """The device's trust as the state folder says now; installs call it under the lock,
+        so an install never verifies against a trust that changed while it waited."""
+        return load_device_trust(self.config.state_dir, self.config.trust).store
+
+    def _reload_trust(self) -> None:
+        """Take the trust the state folder holds now, and serve only what verifies under it."""
+        self._trust_stamp = self._chain_stamp()
+        self.device_trust = load_device_trust(self.config.state_dir, self.config.trust)
+        self.trust = self.device_trust.store
+        log.info("trust version %d: keys %s", self.trust.version, ", ".join(self.trust.trusted_ids))
+        self.flush_window(self.clock())
+        self._load_active()
+        if self.link.connected.is_set():
+            self.link.publish_status()
+
     def _notice_side_load(self) -> None:
-        """``edgeml agent install`` changed the active bundle under us: serve the new one."""
+        """``edgeml agent install`` changed the active bundle under us, or ``edgeml agent
+        trust-update`` the trust: serve what is active and verifies now."""
         if self.state != "idle":
             return
+        if self._chain_stamp() != self._trust_stamp:
+            log.info("trust changed on disk; reloading it")
+            self._reload_trust()
+            self.detail = f"trust version {self.trust.version} taken from {self.config.state_dir}"
         state = read_state(self.config.state_dir)
         active = state.active.bundle_id if state.active else None
         if active != self._active_id():
@@ -154,13 +191,14 @@ class AgentDaemon:
             if self.link.connected.is_set():
                 self.link.publish_status()
 
-    def _notice_stalled_transfer(self, now: float) -> None:
-        """No chunk for a while (one lost, or out of order): ask again from the bytes on disk."""
+    def _notice_stalled_transfer(self) -> None:
+        """No chunk for a while (one lost, or out of order): ask again from the bytes on disk.
+        Timed on the monotonic clock: a wall clock stepped back must not silence it."""
         receiving = self._receiving
         if (
             receiving is not None
             and self.link.connected.is_set()
-            and now - receiving.progress_at > STALL_S
+            and time.monotonic() - receiving.progress_at > STALL_S
         ):
             self._enqueue("retry", receiving.command)
 
@@ -172,6 +210,7 @@ class AgentDaemon:
             "serving": self._active_id(),
             "state": self.state,
             "detail": self.detail,
+            "trust_version": self.trust.version,
             "api": self.api.address,
             "dropped_messages": self.link.dropped_messages,
         }
@@ -179,8 +218,13 @@ class AgentDaemon:
             return
         path = self.config.state_dir / STATUS_FILE
         tmp = path.with_name(f".{STATUS_FILE}.tmp")
-        tmp.write_text(json.dumps({**document, "updated_at": now}))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps({**document, "updated_at": now}))
+            os.replace(tmp, path)
+        except OSError as error:  # a full disk: the file is advisory, serving goes on
+            log.debug("cannot write %s: %s", path, error)
+            tmp.unlink(missing_ok=True)
+            return
         self._last_status_document = dict(document)
         self._status_written = now
 
@@ -213,15 +257,28 @@ class AgentDaemon:
     # --------------------------------------------------------------------- telemetry
 
     def flush_window(self, now: float) -> int | None:
-        """Close the current window into the outbox; returns its seq (None if nothing to say)."""
-        start, self._window_start = self._window_start, now
+        """Close the current window into the outbox; returns its seq (None if nothing to say,
+        or while a full disk keeps it in memory: ``TelemetryOutbox.add_or_hold``).
+
+        The window ends at ``now`` (the device's wall clock) and lasts what the monotonic clock
+        measured, so a wall clock stepped back or forward neither stops windows nor makes one
+        end before it starts.
+        """
+        opened, self._window_opened = self._window_opened, time.monotonic()
+        start = now - (self._window_opened - opened)
         with self._accumulator_lock:
             accumulator = self._accumulator
         if accumulator is None:
             return None
         summary = accumulator.take(start, now)
         window = summary.to_window(self.config.device_id, 1)
-        return self.outbox.add(window, now=now)
+        seq = self.outbox.add_or_hold(window, now=now)
+        if seq is None:
+            log.warning(
+                "telemetry cannot be stored (disk full?): %d window(s) held in memory",
+                self.outbox.held,
+            )
+        return seq
 
     def publish_telemetry(self) -> None:
         """Publish pending windows, oldest first, keeping at most ``max_in_flight`` unacked."""
@@ -257,7 +314,13 @@ class AgentDaemon:
         with self._in_flight_lock:
             acked, self._acked_seqs = self._acked_seqs, []
         if acked:
-            self.outbox.mark_sent(acked)
+            try:
+                self.outbox.mark_sent(acked)
+            except OutboxError as error:  # a full disk: they stay in flight, deleted later
+                log.debug("cannot delete acknowledged windows yet: %s", error)
+                with self._in_flight_lock:
+                    self._acked_seqs.extend(acked)
+                return
             with self._in_flight_lock:
                 self._in_flight.difference_update(acked)
 
@@ -329,9 +392,36 @@ class AgentDaemon:
         elif command.kind == "install":
             self._start_install(command)
         elif command.kind == "rollback":
-            self._apply(command, lambda: rollback(self.config.state_dir, self.trust))
+            self._apply(command, lambda: rollback(self.config.state_dir, self._current_trust))
         elif command.kind == "activate":
             self._activate(command)
+        elif command.kind == "trust":
+            self._update_trust(command)
+
+    def _update_trust(self, command: Command) -> None:
+        """Take a newer trust document; serve only what verifies under it (worker thread)."""
+        assert command.trust_document is not None  # the protocol requires it
+        before = self.state  # a transfer may be in progress: it goes on under the new trust
+        self.state = "installing"  # keeps the main loop's side-load check out meanwhile
+        try:
+            result = update_trust(
+                self.config.state_dir,
+                self.config.trust,
+                command.trust_document,
+                now=self.clock(),
+            )
+        except (EdgeMLError, OSError) as error:
+            refused = isinstance(error, EdgeMLError) and error.exit_code == 3
+            outcome = "refused" if refused else "failed"
+            self.state, self.detail = before, f"trust {outcome}: {error}"
+            log.warning("%s", self.detail)
+            self._result(command, outcome, str(error))
+            return
+        if result.changed:
+            self._reload_trust()
+        self.state, self.detail = before, result.describe()
+        log.info("%s", self.detail)
+        self._result(command, "succeeded", self.detail)
 
     def _start_install(self, command: Command) -> None:
         if command.bundle_id == self._active_id():
@@ -344,7 +434,7 @@ class AgentDaemon:
             return
         if self._receiving is not None:
             self._receiving.transfer.close()  # a newer install replaces it; its bytes stay
-        self._receiving = _Receiving(command, transfer, 0, self.clock())
+        self._receiving = _Receiving(command, transfer, 0, time.monotonic())
         self.state = "receiving"
         self._result(
             command, "accepted", f"resuming at byte {transfer.offset}" if transfer.offset else ""
@@ -355,7 +445,7 @@ class AgentDaemon:
             self._request_chunks(self._receiving)
 
     def _request_chunks(self, receiving: _Receiving) -> None:
-        receiving.progress_at = self.clock()
+        receiving.progress_at = time.monotonic()
         offset = receiving.transfer.offset
         receiving.requested_up_to = offset + TRANSFER_WINDOW * receiving.command.chunk_size
         self.link.publish_event(
@@ -382,7 +472,7 @@ class AgentDaemon:
             self._result(receiving.command, "refused", str(error))
             return
         if outcome.written:
-            receiving.progress_at = self.clock()
+            receiving.progress_at = time.monotonic()
         if receiving.transfer.done:
             self._finish_transfer()
         elif outcome.written and receiving.transfer.offset >= receiving.requested_up_to:
@@ -403,7 +493,13 @@ class AgentDaemon:
 
     def _install_file(self, path: Path) -> Any:
         try:
-            return install_bundle(path, self.config.state_dir, self.trust, self.config.profile)
+            return install_bundle(
+                path,
+                self.config.state_dir,
+                self._current_trust,
+                self.config.profile,
+                now=self.clock(),
+            )
         finally:
             path.unlink(missing_ok=True)
 
@@ -412,7 +508,7 @@ class AgentDaemon:
         if state.active is not None and state.active.bundle_id == command.bundle_id:
             self._result(command, "succeeded", "already active")
         elif state.previous is not None and state.previous.bundle_id == command.bundle_id:
-            self._apply(command, lambda: rollback(self.config.state_dir, self.trust))
+            self._apply(command, lambda: rollback(self.config.state_dir, self._current_trust))
         else:
             self._result(command, "refused", f"this device holds no bundle {command.bundle_id}")
 

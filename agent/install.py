@@ -36,6 +36,7 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -537,8 +538,17 @@ class RecoveryResult:
 # ---------------------------------------------------------------------------------- shell
 
 
-def _store(trust: TrustStore | str | os.PathLike[str]) -> TrustStore:
-    return trust if isinstance(trust, TrustStore) else load_trust_store(trust)
+TrustSource = TrustStore | str | os.PathLike[str] | Callable[[], TrustStore]
+"""A trust store, the path of one, or a function that gives the current one (called under the
+install lock, so that a change of trust and an install never cross)."""
+
+
+def _store(trust: TrustSource) -> TrustStore:
+    if isinstance(trust, TrustStore):
+        return trust
+    if callable(trust):
+        return trust()
+    return load_trust_store(trust)
 
 
 def _no_checkpoint(step: str) -> None:
@@ -554,10 +564,12 @@ class _Installer:
         trust: TrustStore,
         limits: BundleLimits,
         checkpoint: Checkpoint | None,
+        now: float | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.trust = trust
         self.limits = limits
+        self.now = now  # expiry is checked at this time; None: not checked (a rollback)
         self.checkpoint = checkpoint or _no_checkpoint
         self.source = Path()
         self.before = AgentState()
@@ -657,7 +669,7 @@ class _Installer:
         except OSError as error:
             return self._fail(self._io_error(f"cannot copy {source} into {staging}", error))
         # The copy is what is verified, and what is kept: the source may change meanwhile.
-        report, bundle = check_bundle(staging / BUNDLE_FILE, self.trust, self.limits)
+        report, bundle = check_bundle(staging / BUNDLE_FILE, self.trust, self.limits, now=self.now)
         if bundle is None:
             failure = report.failure
             assert failure is not None
@@ -765,18 +777,20 @@ class _Installer:
 def install_bundle(
     bundle_path: Path | str,
     state_dir: Path | str,
-    trust: TrustStore | str | os.PathLike[str],
+    trust: TrustSource,
     profile: str,
     *,
     allow_rollback_to_previous: bool = False,
     checkpoint: Checkpoint | None = None,
     lock_timeout: float | None = None,
     limits: BundleLimits = DEFAULT_LIMITS,
+    now: float | None = None,
 ) -> InstallResult:
     """Install a bundle file and make it active, or leave the active bundle as it was.
 
-    Under the install lock: copy the bundle into a staging folder, verify the copy (signature,
-    hashes), admit it (profile, no downgrade), unpack it, load it with onnxruntime and run its
+    Under the install lock: copy the bundle into a staging folder, verify the copy (signature
+    by a trusted key that is not revoked, hashes, not expired), admit it (profile, no
+    downgrade), unpack it, load it with onnxruntime and run its
     golden self-test, rename the folder into ``slots/<bundle_id>``, replace ``state.json``
     atomically (the old active becomes previous), remove older slots. Installing the active
     bundle again changes nothing.
@@ -784,34 +798,37 @@ def install_bundle(
     Args:
         bundle_path: the ``.edgeml`` file (it is copied, not moved).
         state_dir: the agent's state folder.
-        trust: a trust store, or the path of a ``.pub`` file or a folder of them.
+        trust: a trust store, the path of one, or a function giving the current one (called
+            under the lock).
         profile: the hardware profile this device runs.
         allow_rollback_to_previous: accept the device's previous bundle although it is older.
         checkpoint: called with each step's name (``CHECKPOINTS``); for tests.
         lock_timeout: seconds to wait for another install; None waits.
         limits: size bounds for verification.
+        now: the Unix time the bundle's expiry is checked at; None takes the clock's.
 
     Returns:
         What the install did.
 
     Raises:
-        BundleError: the bundle does not verify, is for another profile, or is a downgrade
-            (exit 3).
+        BundleError: the bundle does not verify (untrusted or revoked key, signature, hashes),
+            has expired, is for another profile, or is a downgrade (exit 3).
         SelfTestError: the golden self-test failed; names the rows (exit 4).
         InstallError: the device could not write the install (disk full, I/O error).
         ConfigError: the trust store or ``state.json`` cannot be read (run :func:`recover`).
         LockTimeoutError: another install held the lock longer than ``lock_timeout``.
     """
-    store = _store(trust)
     folder = Path(state_dir)
+    when = time.time() if now is None else now
     with install_lock(folder, timeout=lock_timeout):
-        installer = _Installer(folder, store, limits, checkpoint)
+        store = _store(trust)
+        installer = _Installer(folder, store, limits, checkpoint, when)
         return installer.run(Path(bundle_path), profile, allow_rollback_to_previous)
 
 
 def rollback(
     state_dir: Path | str,
-    trust: TrustStore | str | os.PathLike[str],
+    trust: TrustSource,
     *,
     checkpoint: Checkpoint | None = None,
     lock_timeout: float | None = None,
@@ -819,7 +836,9 @@ def rollback(
 ) -> InstallResult:
     """Make the previous bundle active again; the active one becomes previous.
 
-    The previous slot is re-verified and self-tested through the same path as an install.
+    The previous slot is re-verified and self-tested through the same path as an install, but
+    its expiry is not checked: it was admitted when it was installed, and expiry gates only the
+    install of a bundle the device does not hold.
 
     Raises:
         NoPreviousBundleError: the device holds no previous bundle (exit 2).
@@ -827,9 +846,9 @@ def rollback(
         SelfTestError: the previous bundle fails its self-test now; the active one stays.
         InstallError, ConfigError, LockTimeoutError: as for :func:`install_bundle`.
     """
-    store = _store(trust)
     folder = Path(state_dir)
     with install_lock(folder, timeout=lock_timeout):
+        store = _store(trust)
         previous = read_state(folder).previous
         if previous is None:
             raise NoPreviousBundleError(f"{folder}: no previous bundle to roll back to")
@@ -839,7 +858,7 @@ def rollback(
 
 def recover(
     state_dir: Path | str,
-    trust: TrustStore | str | os.PathLike[str],
+    trust: TrustSource,
     *,
     self_test: bool = False,
     lock_timeout: float | None = None,
@@ -852,7 +871,8 @@ def recover(
     hash, every unpacked entry; the golden self-test too when ``self_test``), fall back to the
     previous bundle when the active one is damaged, and to none when neither verifies; remove
     slots the state does not name. A ``state.json`` that cannot be read is moved aside to
-    ``state.json.damaged`` (slots are then kept).
+    ``state.json.damaged`` (slots are then kept). A slot signed by a key ``trust`` revokes
+    does not verify: it is treated as damaged.
 
     Returns:
         What recovery found; ``active`` None means the device has no verified bundle.
@@ -861,61 +881,90 @@ def recover(
         ConfigError: the trust store cannot be loaded.
         LockTimeoutError: another install held the lock longer than ``lock_timeout``.
     """
-    store = _store(trust)
     folder = Path(state_dir)
     with install_lock(folder, timeout=lock_timeout):
-        slots_dir(folder).mkdir(parents=True, exist_ok=True)
-        cleaned: list[str] = []
-        problems: list[str] = []
-        for path in leftovers(folder):
-            remove_path(path)
-            cleaned.append(path.name)
-        readable = True
+        store = _store(trust)
+        return reverify_held_bundles(folder, store, self_test=self_test, limits=limits)
+
+
+def reverify_held_bundles(
+    state_dir: Path,
+    trust: TrustStore,
+    *,
+    self_test: bool = False,
+    limits: BundleLimits = DEFAULT_LIMITS,
+    event: str = "recovered",
+    failing: str = "is damaged",
+) -> RecoveryResult:
+    """:func:`recover`'s work, for a caller that already holds the install lock.
+
+    Also what a change of trust runs (``edgeml.agent.trust``): a bundle signed by a key the
+    new trust revokes, or no longer lists, stops verifying and is dropped like a damaged one.
+
+    Args:
+        state_dir: the agent's state folder.
+        trust: the store the held bundles must verify against.
+        self_test: run the golden self-test of each held bundle too.
+        limits: size bounds for verification.
+        event: the history entry's event when the state changes.
+        failing: how a problem says a bundle failed (``is damaged``, ``does not verify ...``).
+
+    Returns:
+        What was found and done.
+    """
+    folder = state_dir
+    slots_dir(folder).mkdir(parents=True, exist_ok=True)
+    cleaned: list[str] = []
+    problems: list[str] = []
+    for path in leftovers(folder):
+        remove_path(path)
+        cleaned.append(path.name)
+    readable = True
+    try:
+        device = read_state(folder)
+    except ConfigError as error:
+        readable = False
+        problems.append(f"{error}; moved aside to {STATE_FILE}.damaged")
+        os.replace(folder / STATE_FILE, folder / f"{STATE_FILE}.damaged")
+        device = AgentState()
+
+    def intact(ref: BundleRef | None, role: str) -> bool:
+        if ref is None:
+            return False
         try:
-            device = read_state(folder)
-        except ConfigError as error:
-            readable = False
-            problems.append(f"{error}; moved aside to {STATE_FILE}.damaged")
-            os.replace(folder / STATE_FILE, folder / f"{STATE_FILE}.damaged")
-            device = AgentState()
+            bundle = check_slot(folder, ref, trust, limits)
+            if self_test:
+                run_self_test(slot_dir(folder, ref.bundle_id), bundle)
+        except (BundleError, SelfTestError, OSError) as error:
+            problems.append(f"{role} bundle {ref.bundle_id} {failing}: {error}")
+            return False
+        return True
 
-        def intact(ref: BundleRef | None, role: str) -> bool:
-            if ref is None:
-                return False
-            try:
-                bundle = check_slot(folder, ref, store, limits)
-                if self_test:
-                    run_self_test(slot_dir(folder, ref.bundle_id), bundle)
-            except (BundleError, SelfTestError, OSError) as error:
-                problems.append(f"{role} bundle {ref.bundle_id} is damaged: {error}")
-                return False
-            return True
-
-        active_ok = intact(device.active, "active")
-        previous_ok = intact(device.previous, "previous")
-        recovered = fall_back(device, active_ok=active_ok, previous_ok=previous_ok)
-        fell_back = recovered.active != device.active
-        if recovered.to_dict() != device.to_dict():
-            detail = "; ".join(problems)
-            entry = HistoryEntry(
-                time.time(),
-                "recovered",
-                recovered.active.bundle_id if recovered.active else None,
-                detail,
-            )
-            write_state(folder, recovered.with_history(entry))
-        if readable:
-            keep = {r.bundle_id for r in (recovered.active, recovered.previous) if r is not None}
-            for path in slot_folders(folder):
-                if path.name not in keep:
-                    remove_path(path)
-                    cleaned.append(f"{path.name} (slot no state names, or damaged)")
-        if cleaned:
-            fsync_dir(slots_dir(folder))
-            fsync_dir(folder)
-        return RecoveryResult(
-            recovered.active, recovered.previous, fell_back, tuple(problems), tuple(cleaned)
+    active_ok = intact(device.active, "active")
+    previous_ok = intact(device.previous, "previous")
+    recovered = fall_back(device, active_ok=active_ok, previous_ok=previous_ok)
+    fell_back = recovered.active != device.active
+    if recovered.to_dict() != device.to_dict():
+        detail = "; ".join(problems)
+        entry = HistoryEntry(
+            time.time(),
+            event,
+            recovered.active.bundle_id if recovered.active else None,
+            detail,
         )
+        write_state(folder, recovered.with_history(entry))
+    if readable:
+        keep = {r.bundle_id for r in (recovered.active, recovered.previous) if r is not None}
+        for path in slot_folders(folder):
+            if path.name not in keep:
+                remove_path(path)
+                cleaned.append(f"{path.name} (slot no state names, or damaged)")
+    if cleaned:
+        fsync_dir(slots_dir(folder))
+        fsync_dir(folder)
+    return RecoveryResult(
+        recovered.active, recovered.previous, fell_back, tuple(problems), tuple(cleaned)
+    )
 
 
 CHECKPOINTS = (

@@ -6,6 +6,9 @@ Layout (docs/agent-install.md has the why)::
       install.lock                one install at a time (edgeml.agent.locking)
       state.json                  the active pointer: active, previous, last_active, history
       .state.json.*.tmp           a state write in progress; removed by recovery
+      trust-chain.json            the trust documents accepted since the configured trust
+                                  (edgeml.agent.trust)
+      .trust-chain.json.*.tmp     a trust write in progress; removed by recovery
       slots/<bundle_id>/          one complete slot per bundle the device holds
         bundle.edgeml             the signed bundle, as verified: the source of truth
         manifest.json, model.onnx, baseline.json, golden.json   unpacked, as verified
@@ -55,6 +58,8 @@ BUNDLE_FILE = "bundle.edgeml"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 STATE_TEMP_PREFIX = f".{STATE_FILE}."
+TRUST_CHAIN_FILE = "trust-chain.json"
+TRUST_TEMP_PREFIX = f".{TRUST_CHAIN_FILE}."
 TEMP_SUFFIX = ".tmp"
 HISTORY_LIMIT = 32
 COPY_BLOCK = 1024 * 1024
@@ -333,6 +338,28 @@ def write_state(
     checkpoint("state-synced")
 
 
+def replace_file(state_dir: Path, name: str, data: bytes) -> None:
+    """Replace ``state_dir/name`` atomically, as :func:`write_state` does ``state.json``:
+    a temporary ``.NAME.*.tmp`` in the same folder, fsync, ``os.replace``, fsync of the folder.
+
+    Raises:
+        OSError: the file could not be written; the old one is untouched.
+    """
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=state_dir)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        os.replace(temp, Path(state_dir) / name)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_dir(Path(state_dir))
+
+
 # ----------------------------------------------------------------------------- slot files
 
 
@@ -441,7 +468,7 @@ def is_leftover(path: Path) -> bool:
     """A staging or trash folder, or a temporary state file: what a crash leaves behind."""
     name = path.name
     return name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or (
-        name.startswith(STATE_TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+        name.startswith((STATE_TEMP_PREFIX, TRUST_TEMP_PREFIX)) and name.endswith(TEMP_SUFFIX)
     )
 
 

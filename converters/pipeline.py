@@ -65,6 +65,7 @@ from edgeml.toolkit.manifest import (
     TensorSpec,
     bundle_id,
     canonical_json,
+    parse_utc,
 )
 from edgeml.toolkit.profiles import HardwareProfile
 from edgeml.toolkit.runtime import ModelOutputs, available_providers, create_session, run_model
@@ -94,6 +95,9 @@ class BuildRequest:
     train_path: Path | None = None
     trusted_types: Sequence[str] = ()
     latency_budget_s: float = 1.0
+    expires_at: str | None = None
+    """When the bundles expire (ISO-8601 UTC, ``2027-01-31T00:00:00Z``); None: never. Signed in
+    the manifest; devices refuse to install a bundle from then on."""
 
 
 @dataclass(frozen=True)
@@ -652,6 +656,7 @@ def _manifest(
         profile_settings=profile_settings,
         classes=classes,
         candidates=tuple(c.to_manifest() for c in build.candidates),
+        expires_at=request.expires_at,
     )
 
 
@@ -932,6 +937,11 @@ def build_bundles(
         )
     if not request.profiles:
         raise InputError("give at least one --profile")
+    if request.expires_at is not None:
+        try:
+            parse_utc(request.expires_at)
+        except ValueError as error:
+            raise InputError(f"expiry: {error}") from None
     notify = on_step or (lambda _profile, _step: None)
     messages: list[str] = []
 

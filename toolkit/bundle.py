@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeml.toolkit.errors import BundleError
 from edgeml.toolkit.keys import key_id
 from edgeml.toolkit.manifest import EntryDigest, Manifest, canonical_json
-from edgeml.toolkit.trust import TrustStore
+from edgeml.toolkit.trust import TrustStore, revocation_detail
 
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
@@ -105,6 +105,7 @@ class VerificationReport:
             "verified": self.passed,
             "key_id": self.key_id,
             "bundle_id": self.manifest.bundle_id if self.manifest else None,
+            "expires_at": self.manifest.expires_at if self.manifest else None,
             "checks": [
                 {"check": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks
             ],
@@ -257,7 +258,11 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> 
 
 
 def _run_checks(
-    path: Path, trust: TrustStore, limits: BundleLimits, report: VerificationReport
+    path: Path,
+    trust: TrustStore,
+    limits: BundleLimits,
+    report: VerificationReport,
+    now: float | None,
 ) -> dict[str, bytes]:
     def passed(name: str, detail: str = "") -> None:
         report.checks.append(CheckResult(name, True, detail))
@@ -315,6 +320,12 @@ def _run_checks(
             )
         kid = str(signature_doc.get("key_id"))
         report.key_id = kid
+        if trust.is_revoked(kid):
+            raise _Failed(
+                "key not revoked",
+                f"signed by key {kid}, which is revoked ({revocation_detail(trust, kid)})",
+            )
+        passed("key not revoked", f"key {kid}")
         public_key = trust.get(kid)
         if public_key is None:
             raise _Failed("trusted key", f"signed by key {kid}, which is not in the trust store")
@@ -393,6 +404,14 @@ def _run_checks(
             contents[name] = data
         passed("sizes")
         passed("hashes", f"{len(listed)} entries match the manifest")
+        if now is not None:
+            expired = manifest.expiry_refusal(now)
+            if expired is not None:
+                raise _Failed("not expired", expired)
+            passed(
+                "not expired",
+                f"expires {manifest.expires_at}" if manifest.expires_at else "never expires",
+            )
         return contents
 
 
@@ -406,19 +425,28 @@ def _parse_json(data: bytes, name: str) -> Any:
 
 
 def check_bundle(
-    path: Path | str, trust: TrustStore, limits: BundleLimits = DEFAULT_LIMITS
+    path: Path | str,
+    trust: TrustStore,
+    limits: BundleLimits = DEFAULT_LIMITS,
+    *,
+    now: float | None = None,
 ) -> tuple[VerificationReport, VerifiedBundle | None]:
     """Run every verification check and say which passed.
 
     Checks, in order: archive (a readable zip within the size limit), entry names (plain names,
-    no traversal, no links), entries (no duplicates, signature and manifest present), trusted
-    key, signature (over the exact manifest bytes), manifest (well-formed), entries (exactly the
-    ones the manifest lists), sizes and hashes of every entry.
+    no traversal, no links), entries (no duplicates, signature and manifest present), key not
+    revoked, trusted key, signature (over the exact manifest bytes), manifest (well-formed),
+    entries (exactly the ones the manifest lists), sizes and hashes of every entry, and, when
+    ``now`` is given, not expired (the manifest's ``expires_at`` is after ``now``).
+
+    Expiry gates installs and ``edgeml verify``, which pass ``now``; a reader that serves a
+    bundle it already holds passes None, so a bundle that expires while active keeps serving.
 
     Args:
         path: the bundle file.
         trust: the keys to accept.
         limits: size bounds.
+        now: the Unix time to check expiry at; None skips the expiry check.
 
     Returns:
         The report, and the verified bundle when every check passed (else None).
@@ -426,7 +454,7 @@ def check_bundle(
     path = Path(path)
     report = VerificationReport(str(path))
     try:
-        contents = _run_checks(path, trust, limits, report)
+        contents = _run_checks(path, trust, limits, report, now)
     except _Failed as failure:
         report.checks.append(CheckResult(failure.check, False, failure.detail))
         return report, None
@@ -435,14 +463,25 @@ def check_bundle(
 
 
 def verify_bundle(
-    path: Path | str, trust: TrustStore, limits: BundleLimits = DEFAULT_LIMITS
+    path: Path | str,
+    trust: TrustStore,
+    limits: BundleLimits = DEFAULT_LIMITS,
+    *,
+    now: float | None = None,
 ) -> VerifiedBundle:
     """Verify a bundle and return it; the only way to open one.
 
+    Args:
+        path: the bundle file.
+        trust: the keys to accept.
+        limits: size bounds.
+        now: the Unix time to check expiry at; None skips the expiry check.
+
     Raises:
-        BundleError: naming the check that failed and why.
+        BundleError: naming the check that failed and why (a revoked key: ``key not
+            revoked``; an expired bundle: ``not expired``).
     """
-    report, bundle = check_bundle(path, trust, limits)
+    report, bundle = check_bundle(path, trust, limits, now=now)
     if bundle is None:
         failure = report.failure
         assert failure is not None

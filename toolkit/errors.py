@@ -3,7 +3,8 @@
 Families are split by whose fault a failure is (DESIGN.md, exit codes):
 
 - 2, bad usage or bad input: ``InputError``, ``ConfigError``, ``ProfileError``, ``ConversionError``
-- 3, refused for security: ``BundleError`` (signature, hash, untrusted key, entries, sizes)
+- 3, refused for security: ``BundleError`` (signature, hash, untrusted or revoked key, entries,
+  sizes, expiry, downgrade), ``TrustError`` (a trust document that does not verify)
 - 4, a quality gate failed: ``GateError`` (budgets, conversion that does not reproduce its source)
 
 Anything else that escapes is a bug and exits 1. The CLI catches ``EdgeMLError`` once.
@@ -38,6 +39,13 @@ class ConversionError(InputError):
 
 class BundleError(EdgeMLError):
     """A bundle was refused: signature, hash, key, entries or sizes do not verify."""
+
+    exit_code = 3
+
+
+class TrustError(EdgeMLError):
+    """A trust document was refused: malformed, not signed by the keys it must be signed by, not
+    newer than the trust it would replace, expired, or taking back a revocation."""
 
     exit_code = 3
 

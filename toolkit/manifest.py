@@ -3,19 +3,22 @@
 The manifest is what a bundle's signature covers. It names the bundle (name, version,
 profile), lists every other entry with its SHA-256 and size, and carries the input and output
 schema, the data contract, the metrics of the source and the bundled model, the passes applied
-and the provenance. Fields a newer edgeml adds are kept in ``extra`` so that a manifest
+and the provenance, and optionally when the bundle expires (``expires_at``, ISO-8601 UTC).
+Fields a newer edgeml adds are kept in ``extra`` so that a manifest
 survives a load and a save by an older reader. Reading bundles and checking signatures is
 ``edgeml.toolkit.bundle``'s job; this module only models the document.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edgeml.toolkit.errors import BundleError
+from edgeml.toolkit.errors import BundleError, InputError
 
 FORMAT = "edgeml-bundle"
 FORMAT_VERSION = 1
@@ -23,7 +26,83 @@ BUNDLE_SUFFIX = ".edgeml"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_PATTERN = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:[a-z]+[0-9]*)?$")
 
+UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+UTC_PATTERN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
+
 Task = Literal["classification", "regression"]
+DATE_PATTERN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+SECONDS_PER_DAY = 86400
+
+
+def format_utc(timestamp: float) -> str:
+    """A Unix time as ISO-8601 UTC to the second, ``2027-01-31T00:00:00Z`` (fractions dropped).
+
+    Raises:
+        ValueError: the time cannot be written as a four-digit year.
+    """
+    try:
+        text = time.strftime(UTC_FORMAT, time.gmtime(int(timestamp)))
+    except (OverflowError, OSError, ValueError):
+        text = ""
+    if not UTC_PATTERN.match(text):
+        raise ValueError(f"{timestamp!r} is out of range for an ISO-8601 UTC time")
+    return text
+
+
+def parse_utc(text: str) -> float:
+    """The Unix time of an ISO-8601 UTC time written as ``YYYY-MM-DDTHH:MM:SSZ``.
+
+    Only that one form is read: what is signed has one spelling.
+
+    Raises:
+        ValueError: ``text`` is not of that form, or not a real date and time.
+    """
+    if not isinstance(text, str) or not UTC_PATTERN.match(text):
+        raise ValueError(f"{text!r} is not an ISO-8601 UTC time like 2027-01-31T00:00:00Z")
+    try:
+        return float(calendar.timegm(time.strptime(text, UTC_FORMAT)))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a real date and time") from None
+
+
+def expiry_from_options(
+    expires_in_days: float | None, expires: str | None, now: float
+) -> str | None:
+    """The ``expires_at`` that ``--expires-in DAYS`` or ``--expires DATE`` ask for, or None.
+
+    Args:
+        expires_in_days: days from ``now`` (fractions allowed; the result is whole seconds).
+        expires: ``YYYY-MM-DD`` (midnight UTC) or ``YYYY-MM-DDTHH:MM:SSZ``.
+        now: the Unix time ``--expires-in`` counts from, and that the result must be after.
+
+    Returns:
+        ISO-8601 UTC, or None when neither option is given.
+
+    Raises:
+        InputError: both options are given, the date is malformed, or it is not after ``now``.
+    """
+    if expires_in_days is not None and expires is not None:
+        raise InputError("give --expires-in or --expires, not both")
+    if expires_in_days is not None:
+        if not expires_in_days > 0:
+            raise InputError(f"--expires-in {expires_in_days} must be a positive number of days")
+        try:
+            text = format_utc(now + expires_in_days * SECONDS_PER_DAY)
+        except ValueError as error:
+            raise InputError(f"--expires-in {expires_in_days}: {error}") from None
+    elif expires is not None:
+        text = f"{expires}T00:00:00Z" if DATE_PATTERN.match(expires) else expires
+        try:
+            parse_utc(text)
+        except ValueError as error:
+            raise InputError(
+                f"--expires {expires!r}: {error} (or a date, YYYY-MM-DD, for midnight UTC)"
+            ) from None
+    else:
+        return None
+    if parse_utc(text) <= now:
+        raise InputError(f"the expiry {text} is not in the future (now {format_utc(now)})")
+    return text
 
 
 def bundle_id(name: str, version: str, profile: str) -> str:
@@ -107,6 +186,7 @@ _KNOWN = {
     "candidates",
     "profile_settings",
     "provenance",
+    "expires_at",
 }
 
 
@@ -130,6 +210,7 @@ class Manifest:
     candidates: tuple[dict[str, Any], ...] = ()
     entries: dict[str, EntryDigest] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    expires_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,6 +224,26 @@ class Manifest:
             raise BundleError(f"manifest: task {self.task!r} is not classification or regression")
         if self.task == "classification" and not self.classes:
             raise BundleError("manifest: a classification bundle must list its classes")
+        if self.expires_at is not None:
+            try:
+                parse_utc(self.expires_at)
+            except ValueError as error:
+                raise BundleError(f"manifest: expires_at {error}") from None
+
+    @property
+    def expires_at_time(self) -> float | None:
+        """``expires_at`` as a Unix time, or None when the bundle never expires."""
+        return None if self.expires_at is None else parse_utc(self.expires_at)
+
+    def expiry_refusal(self, now: float) -> str | None:
+        """Why this bundle may not be installed at ``now`` (it has expired), or None.
+
+        A bundle expires at the second ``expires_at`` names: from then on it is refused.
+        """
+        expires = self.expires_at_time
+        if expires is None or now < expires:
+            return None
+        return f"{self.bundle_id} expired at {self.expires_at} (now {format_utc(now)})"
 
     @property
     def bundle_id(self) -> str:
@@ -179,6 +280,8 @@ class Manifest:
                 "provenance": self.provenance,
             }
         )
+        if self.expires_at is not None:  # absent means never; old bundles keep their bytes
+            document["expires_at"] = self.expires_at
         return document
 
     def to_bytes(self) -> bytes:
@@ -220,6 +323,7 @@ class Manifest:
                 candidates=tuple(dict(c) for c in data.get("candidates", ())),
                 entries=entries,
                 format_version=int(data["format_version"]),
+                expires_at=None if data.get("expires_at") is None else data["expires_at"],
                 extra={k: v for k, v in data.items() if k not in _KNOWN},
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:

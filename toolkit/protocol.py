@@ -11,7 +11,8 @@ Topics, per device (``{id}`` matches ``[A-Za-z0-9._-]{1,64}``)::
     edgeml/v1/devices/{id}/status     device → fleet  QoS 1, retained; last will: offline status
     edgeml/v1/devices/{id}/telemetry  device → fleet  QoS 1: telemetry windows
     edgeml/v1/devices/{id}/events     device → fleet  QoS 1: command results, transfer requests
-    edgeml/v1/devices/{id}/commands   fleet → device  QoS 1: install, activate, rollback, ping
+    edgeml/v1/devices/{id}/commands   fleet → device  QoS 1: install, activate, rollback, ping,
+                                                      trust
     edgeml/v1/devices/{id}/transfer   fleet → device  QoS 1: bundle chunks
 
 A transfer is pulled by the device: an ``install`` command announces the bundle (size,
@@ -19,6 +20,10 @@ SHA-256, chunk size); the device asks for chunks from the offset it already hold
 (``transfer-request``), the fleet sends a window of chunks from there, each with its own
 SHA-256, and the device asks for the next window once it has written them. A restart or a
 disconnect resumes from the bytes on disk; a chunk past the announced size ends the transfer.
+
+A ``trust`` command carries a signed trust document inline (``trust_document``, at most
+``MAX_TRUST_DOCUMENT_BYTES`` as canonical JSON); whether the device takes it is decided by the
+document's signatures (``edgeml.toolkit.trust.verify_successor``), not by who sent it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 from edgeml.toolkit.errors import InputError
+from edgeml.toolkit.manifest import canonical_json
+from edgeml.toolkit.trust import MAX_TRUST_DOCUMENT_BYTES
 
 VERSION = "v1"
 PREFIX = f"edgeml/{VERSION}/devices"
@@ -230,7 +237,7 @@ class Command(Message):
     """An order from the fleet to one device."""
 
     TYPE: ClassVar[str] = "command"
-    KINDS: ClassVar[tuple[str, ...]] = ("install", "activate", "rollback", "ping")
+    KINDS: ClassVar[tuple[str, ...]] = ("install", "activate", "rollback", "ping", "trust")
 
     command_id: str
     kind: str
@@ -240,11 +247,32 @@ class Command(Message):
     bundle_sha256: str | None = None
     chunk_size: int = DEFAULT_CHUNK_BYTES
     rollout_id: str | None = None
+    trust_document: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        document = super().to_dict()
+        if self.trust_document is None:  # only trust commands carry one; others keep their bytes
+            del document["trust_document"]
+        return document
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Command:
         cls._known(data)
         kind = _choice("kind", data.get("kind"), cls.KINDS)
+        trust_document = data.get("trust_document")
+        if kind == "trust":
+            if not isinstance(trust_document, dict):
+                raise ProtocolError("a trust command must carry trust_document, a JSON object")
+            try:
+                size = len(canonical_json(trust_document))
+            except (TypeError, ValueError, RecursionError):
+                raise ProtocolError("field 'trust_document' is not plain JSON") from None
+            if size > MAX_TRUST_DOCUMENT_BYTES:
+                raise ProtocolError(
+                    f"field 'trust_document' is {size} bytes, over {MAX_TRUST_DOCUMENT_BYTES}"
+                )
+        elif trust_document is not None:
+            raise ProtocolError(f"a {kind} command carries no trust_document")
         needs_bundle = kind in ("install", "activate")
         command = cls(
             command_id=str(_str("command_id", data.get("command_id"), limit=128)),
@@ -261,6 +289,7 @@ class Command(Message):
                 "chunk_size", data.get("chunk_size", DEFAULT_CHUNK_BYTES), 1024, MAX_CHUNK_BYTES
             ),
             rollout_id=_str("rollout_id", data.get("rollout_id"), optional=True, limit=128),
+            trust_document=trust_document,
         )
         if kind == "install" and (command.bundle_size is None or command.bundle_sha256 is None):
             raise ProtocolError("an install command must announce bundle_size and bundle_sha256")

@@ -66,13 +66,16 @@ def test_verify_json(built_bundle: Path, key_dir: Path) -> None:
     assert document["key_id"] == key_id(load_public_key(key_dir / "edgeml.pub"))
     assert [c["check"] for c in document["checks"]] == [
         "archive",
+        "key not revoked",
         "trusted key",
         "signature",
         "manifest",
         "entries",
         "sizes",
         "hashes",
+        "not expired",
     ]
+    assert document["expires_at"] is None
     assert all(c["passed"] for c in document["checks"])
 
 

@@ -41,7 +41,16 @@ from edgeml.toolkit.trust import TrustStore, load_trust_store
 
 runner = CliRunner()
 
-CHECKS_IN_ORDER = ["archive", "trusted key", "signature", "manifest", "entries", "sizes", "hashes"]
+CHECKS_IN_ORDER = [
+    "archive",
+    "key not revoked",
+    "trusted key",
+    "signature",
+    "manifest",
+    "entries",
+    "sizes",
+    "hashes",
+]
 KNOWN_CHECKS = {*CHECKS_IN_ORDER, "entry names"}
 PAYLOAD = ("model.onnx", "baseline.json", "golden.json")
 REGULAR_FILE = (stat.S_IFREG | 0o644) << 16

@@ -124,3 +124,43 @@ def test_a_chunk_must_match_its_hash() -> None:
 def test_no_payload_crashes_the_parser(payload: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         parse_message(payload)
+
+
+# --- the trust command ------------------------------------------------------------------------
+
+
+def _trust_document() -> dict:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgeml.toolkit.trust import new_trust_document
+
+    root, release = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    return new_trust_document([release.public_key()], [root.public_key()]).sign(root).to_dict()
+
+
+def test_a_trust_command_carries_its_document_inline() -> None:
+    document = _trust_document()
+    command = Command("t1", "trust", 2.0, trust_document=document)
+    parsed = parse_message(command.to_bytes(), "commands")
+    assert parsed == command and parsed.trust_document == document
+    result = CommandResult("t1", "trust", "refused", 3.0, "trust rollback refused")
+    assert parse_message(result.to_bytes(), "events") == result
+
+
+def test_other_commands_keep_their_bytes() -> None:
+    assert b"trust_document" not in Command("c2", "ping", 2.0).to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "trust"}, "must carry trust_document"),
+        ({"kind": "trust", "trust_document": "{}"}, "must carry trust_document"),
+        ({"kind": "trust", "trust_document": {"pad": "x" * 70_000}}, "over 65536"),
+        ({"kind": "ping", "trust_document": {}}, "a ping command carries no trust_document"),
+    ],
+)
+def test_malformed_trust_commands_are_refused(fields: dict, message: str) -> None:
+    payload = {"type": "command", "command_id": "t", "issued_at": 1.0, **fields}
+    with pytest.raises(ProtocolError, match=message):
+        parse_message(json.dumps(payload).encode(), "commands")

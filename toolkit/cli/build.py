@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from rich.table import Table
 from edgeml.toolkit.cli.output import handles_errors, print_json, stderr, stdout, warn
 from edgeml.toolkit.errors import InputError
 from edgeml.toolkit.keys import PASSPHRASE_ENV, load_private_key, private_key_is_exposed
+from edgeml.toolkit.manifest import expiry_from_options
 from edgeml.toolkit.profiles import load_profile
 
 
@@ -65,6 +67,18 @@ def build(
         str,
         typer.Option("--passphrase-env", help="Environment variable holding the key's passphrase."),
     ] = PASSPHRASE_ENV,
+    expires_in: Annotated[
+        float | None,
+        typer.Option(
+            "--expires-in", help="Days until the bundles expire: devices then refuse to install."
+        ),
+    ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            "--expires", help="When the bundles expire: YYYY-MM-DD (midnight UTC) or ISO-8601 UTC."
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the build report as JSON.")
     ] = False,
@@ -91,6 +105,7 @@ def build(
             raise InputError(f"{flag} file {path} does not exist")
     if not validation.is_file():
         raise InputError(f"validation file {validation} does not exist")
+    expires_at = expiry_from_options(expires_in, expires, time.time())
     profiles = [load_profile(p) for p in profile]
     names = [p.name for p in profiles]
     if len(set(names)) != len(names):
@@ -110,6 +125,7 @@ def build(
         calibration_path=calibration,
         train_path=train,
         trusted_types=tuple(trust_type or ()),
+        expires_at=expires_at,
     )
     with Progress(
         SpinnerColumn(),

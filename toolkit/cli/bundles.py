@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,12 +20,16 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 @handles_errors
 def verify(
     bundle: Annotated[Path, typer.Argument(help="The .edgeml bundle.")],
-    trust: Annotated[Path, typer.Option("--trust", help="A .pub file or a folder of them.")],
+    trust: Annotated[
+        Path,
+        typer.Option("--trust", help="A .pub file, a folder of them, or a trust document."),
+    ],
     json_output: JsonOption = False,
 ) -> None:
-    """Verify a bundle's signature, entries, sizes and hashes (exit 3 naming the failed check)."""
+    """Verify a bundle's key (trusted, not revoked), signature, entries, sizes, hashes and
+    expiry (exit 3 naming the failed check)."""
     store = load_trust_store(trust)
-    report, verified = check_bundle(bundle, store)
+    report, verified = check_bundle(bundle, store, now=time.time())
     if json_output:
         print_json(report.to_dict())
     else:
@@ -76,6 +81,7 @@ def inspect(
         f"[bold]{document['bundle_id']}[/bold]  ({document['task']}, {document['precision']})"
     )
     stdout.print(f"signed by key {document['key_id']}; not verified here (use edgeml verify)")
+    stdout.print(f"expires: {document.get('expires_at') or 'never'}")
     entries = Table(title="entries")
     for column in ("entry", "bytes", "sha256"):
         entries.add_column(column)
