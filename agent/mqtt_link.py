@@ -168,6 +168,11 @@ class AgentLink:
             self.dropped_messages += 1
             log.warning("dropped a message on %s: %s", message.topic, error)
             return
+        except Exception as error:  # a parser bug (e.g. a 400-digit number): still dropped,
+            # never raised into paho's thread, which would stop hearing the broker for good
+            self.dropped_messages += 1
+            log.warning("dropped a message on %s: unparseable: %r", message.topic, error)
+            return
         try:
             self._on_message(kind, parsed)
         except Exception:  # never let a handler's bug kill paho's network thread

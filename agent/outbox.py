@@ -9,6 +9,11 @@ the oldest windows are deleted and counted, never silently. A window reports in
 ``dropped_windows`` the windows dropped since the window before it was written, so that each
 drop is reported once; ``dropped_total`` keeps the count of all time.
 
+When the database cannot be written (a full disk), :meth:`TelemetryOutbox.add_or_hold` keeps
+the windows in memory, at most ``max_held`` of them, and stores them, oldest first and
+numbered then, with the next window that can be written; windows dropped from memory past that
+bound are counted and reported like any other drop.
+
 Durability: WAL journal, ``synchronous=FULL`` by default. In WAL mode ``NORMAL`` already
 survives a killed process; ``FULL`` also survives a power cut, which is what a device in the
 field meets. Its price is one fsync per commit: with one window a minute, and batches
@@ -42,6 +47,7 @@ from edgeml.toolkit.protocol import ProtocolError, TelemetryWindow
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_WINDOWS = 100_000
+DEFAULT_MAX_HELD = 1000
 MIGRATION_SET = "edgeml-agent-outbox"
 _IN_CHUNK = 500  # seqs per IN (...) list: below every SQLite's variable limit
 _STATE_KEYS = ("dropped_total", "dropped_unreported", "sent_total", "last_sent_seq")
@@ -170,6 +176,7 @@ class TelemetryOutbox:
         synchronous: str = "FULL",
         readonly: bool = False,
         busy_timeout_s: float = 10.0,
+        max_held: int = DEFAULT_MAX_HELD,
     ) -> None:
         """Open (and create or migrate) the outbox.
 
@@ -184,12 +191,18 @@ class TelemetryOutbox:
             readonly: read without ever writing (``agent status`` next to a running daemon):
                 no migration, no WAL switch; an outbox not created yet reads as empty.
             busy_timeout_s: how long to wait for another process's write lock.
+            max_held: the most windows :meth:`add_or_hold` keeps in memory while the database
+                cannot be written.
 
         Raises:
             ConfigError: a bound is not a positive integer or ``synchronous`` is unknown.
             OutboxError: the file cannot be opened as an outbox.
         """
-        for name, value in (("max_bytes", max_bytes), ("max_windows", max_windows)):
+        for name, value in (
+            ("max_bytes", max_bytes),
+            ("max_windows", max_windows),
+            ("max_held", max_held),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"outbox {name} must be a positive integer, got {value!r}")
         if synchronous.upper() not in ("FULL", "NORMAL"):
@@ -197,7 +210,10 @@ class TelemetryOutbox:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.max_windows = max_windows
+        self.max_held = max_held
         self.readonly = readonly
+        self._held: list[TelemetryWindow | Mapping[str, Any]] = []
+        self._held_dropped = 0
         self._closed = False
         self._lock = threading.RLock()
         self._busy_timeout_s = busy_timeout_s
@@ -309,7 +325,11 @@ class TelemetryOutbox:
         return self.add_many([window], now=now)[0]
 
     def add_many(
-        self, windows: Iterable[TelemetryWindow | Mapping[str, Any]], *, now: float | None = None
+        self,
+        windows: Iterable[TelemetryWindow | Mapping[str, Any]],
+        *,
+        now: float | None = None,
+        dropped: int = 0,
     ) -> list[int]:
         """Store windows in one transaction, numbering them in order, then keep the bounds.
 
@@ -322,6 +342,9 @@ class TelemetryOutbox:
         Args:
             windows: the windows, oldest first.
             now: the time recorded as ``created_at`` (default: the clock).
+            dropped: windows dropped before they reached the outbox (held in memory past
+                ``max_held``); counted in ``dropped_total`` and reported by the first window
+                with the outbox's own unreported drops.
 
         Returns:
             The seqs assigned, in order.
@@ -332,13 +355,20 @@ class TelemetryOutbox:
             OutboxError: the database failed (disk full, damaged); nothing is stored.
         """
         items = list(windows)
+        if isinstance(dropped, bool) or not isinstance(dropped, int) or dropped < 0:
+            raise ValueError(f"dropped must be a count of windows, got {dropped!r}")
         if not items:
             return []
         created = time.time() if now is None else float(now)
         try:
             with self._write() as conn:
                 first = self._last_seq(conn) + 1
-                carry = self._state(conn)["dropped_unreported"]
+                carry = self._state(conn)["dropped_unreported"] + dropped
+                if dropped:
+                    conn.execute(
+                        "UPDATE outbox_state SET value = value + ? WHERE key = 'dropped_total'",
+                        (dropped,),
+                    )
                 rows = []
                 for i, item in enumerate(items):
                     dropped = carry if i == 0 else 0
@@ -353,6 +383,43 @@ class TelemetryOutbox:
         except sqlite3.Error as error:
             raise OutboxError(f"{self.path}: storing telemetry failed: {error}") from None
         return [first + i for i in range(len(items))]
+
+    def add_or_hold(
+        self, window: TelemetryWindow | Mapping[str, Any], *, now: float | None = None
+    ) -> int | None:
+        """Store a window after the ones held before it; hold them all in memory when the
+        database cannot be written (a full disk), so that a window is never lost for that.
+
+        Held windows are stored, oldest first, by the next call that can write; they get
+        their seqs then. At most ``max_held`` are held: past that the oldest are dropped,
+        counted in ``dropped_total`` and reported by the first window stored after them.
+
+        Returns:
+            The window's seq, or None while it is held.
+
+        Raises:
+            ProtocolError: the window does not validate, or is over the message size limit
+                (it is not held).
+        """
+        _stamped(window, 1, 0).to_bytes()  # an invalid window must not block those after it
+        with self._lock:
+            self._held.append(window)
+            try:
+                seqs = self.add_many(self._held, now=now, dropped=self._held_dropped)
+            except OutboxError:
+                excess = len(self._held) - self.max_held
+                if excess > 0:
+                    del self._held[:excess]
+                    self._held_dropped += excess
+                return None
+            self._held, self._held_dropped = [], 0
+        return seqs[-1]
+
+    @property
+    def held(self) -> int:
+        """Windows held in memory, waiting for the database to take them."""
+        with self._lock:
+            return len(self._held)
 
     def _keep_bounds(self, conn: sqlite3.Connection) -> None:
         """Drop the oldest windows past either bound; count them (inside the transaction)."""

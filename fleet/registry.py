@@ -601,6 +601,16 @@ class FleetRegistry:
         )
         return None if row is None else _rollout(row)
 
+    def rollout_state(self, rollout_id: str) -> str | None:
+        """A rollout's state alone, or None when there is no such rollout (cheap: the
+        document, which grows with the devices, is not read)."""
+        row = self._query_one(
+            "reading a rollout's state",
+            "SELECT state FROM rollouts WHERE rollout_id = ?",
+            (rollout_id,),
+        )
+        return None if row is None else str(row[0])
+
     def rollouts(self, states: Iterable[str] | None = None) -> list[RolloutRecord]:
         """Rollouts, newest first; only those in ``states`` if given."""
         wanted = None if states is None else _id_list(states)

@@ -192,6 +192,11 @@ class FleetService:
             self.counters.dropped_messages += 1
             log.warning("dropped a message on %s: %s", message.topic[:200], error)
             return
+        except Exception as error:  # a parser bug (e.g. a 400-digit number): still dropped,
+            # never raised into paho's thread, which would stop hearing every device for good
+            self.counters.dropped_messages += 1
+            log.warning("dropped a message on %s: unparseable: %r", message.topic[:200], error)
+            return
         claimed = getattr(parsed, "device_id", device_id)
         if claimed != device_id:
             self.counters.dropped_messages += 1

@@ -280,6 +280,7 @@ def test_rollouts_store_documents_and_list_newest_first(registry: FleetRegistry)
     )
     assert record.document == {"stage": 3}
     assert registry.rollout("r-9") is None
+    assert (registry.rollout_state("r-1"), registry.rollout_state("r-9")) == ("succeeded", None)
     assert [r.rollout_id for r in registry.rollouts()] == ["r-2", "r-1"]
     assert [r.rollout_id for r in registry.rollouts(states=["succeeded"])] == ["r-1"]
     assert registry.rollouts(states=[]) == []
