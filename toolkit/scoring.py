@@ -306,15 +306,16 @@ class ScoringEngine:
                 ``error.report`` lists every violation.
             InputError: ``data`` is of no kind this engine reads.
         """
-        if (  # one row or a few, clean: the single-request path, without a report
+        if (  # one row or a few floats: the single-request path, without a report if clean
             isinstance(data, np.ndarray)
-            and data.dtype == self.input_dtype
+            and data.dtype.kind == "f"
             and data.ndim == 2
             and 0 < data.shape[0] <= SMALL_BATCH
             and data.shape[1] == len(self.contract.features)
-            and is_clean_small_batch(self.contract, data)
         ):
-            return self.run(data)
+            matrix = self.as_input(data)  # what the full check would look at, too
+            if is_clean_small_batch(self.contract, matrix):
+                return self.run(matrix)
         report = self.check(data, strict_range=strict_range)
         report.raise_if_invalid()
         return self.run(report.matrix)
