@@ -14,6 +14,7 @@ invalid rows of a file, and drift accumulation over many batches.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -192,7 +193,7 @@ class ScoringEngine:
     def bundle_id(self) -> str:
         return self.manifest.bundle_id
 
-    @property
+    @functools.cached_property
     def features(self) -> tuple[str, ...]:
         """The features the model reads, in input order."""
         return tuple(f.name for f in self.contract.features)
