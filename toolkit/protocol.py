@@ -474,7 +474,8 @@ def parse_message(payload: bytes, kind: str | None = None) -> Message:
         raise ProtocolError(f"message of {len(payload)} bytes is over {MAX_MESSAGE_BYTES}")
     try:
         data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: JSONDecodeError,
+        # and an integer of more digits than Python converts
         raise ProtocolError("message is not UTF-8 JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("message is not a JSON object")
@@ -487,5 +488,5 @@ def parse_message(payload: bytes, kind: str | None = None) -> Message:
         return message_type.from_dict(data)  # type: ignore[attr-defined]
     except ProtocolError:
         raise
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as error:
         raise ProtocolError(f"malformed {message_type.TYPE} message: {error}") from None

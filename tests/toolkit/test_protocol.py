@@ -80,6 +80,18 @@ def test_topics() -> None:
         (b"\xff\xfe", "not UTF-8 JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b'{"type": "nope"}', "unknown message type"),
+        (  # a number too large for a float: OverflowError inside the schema check
+            b'{"type": "status", "device_id": "pi-1", "online": true, "sent_at": 1'
+            + b"0" * 400
+            + b"}",
+            "malformed status message",
+        ),
+        (  # more digits than Python converts to an int: ValueError inside json
+            b'{"type": "status", "device_id": "pi-1", "online": true, "sent_at": '
+            + b"9" * 5000
+            + b"}",
+            "not UTF-8 JSON",
+        ),
         (b'{"type": "status", "device_id": "pi-1", "online": "yes", "sent_at": 1}', "'online'"),
         (
             b'{"type": "status", "device_id": "pi-1", "online": true, "sent_at": 1, "x": 1}',
