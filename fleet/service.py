@@ -141,6 +141,7 @@ class FleetService:
         self._stopping = threading.Event()
         self.connected = threading.Event()
         # bundle id -> (recorded sha256, inode, size, mtime, ctime) of the copy that verified
+        self._revoked: frozenset[str] = frozenset()  # devices whose access was revoked
         self._verified: dict[str, tuple[str, int, int, int, int]] = {}
         self._health_at: dict[str, float] = {}
         self._health: dict[str, dict[str, Any]] = {}
@@ -196,6 +197,9 @@ class FleetService:
             # never raised into paho's thread, which would stop hearing every device for good
             self.counters.dropped_messages += 1
             log.warning("dropped a message on %s: unparseable: %r", message.topic[:200], error)
+            return
+        if device_id in self._revoked:  # until the broker reloads its ACL, it may still pass
+            self.counters.dropped_messages += 1
             return
         claimed = getattr(parsed, "device_id", device_id)
         if claimed != device_id:
@@ -281,8 +285,8 @@ class FleetService:
             return
         rollout_id = queued.command.rollout_id
         if rollout_id is not None:
-            record = registry.rollout(rollout_id)
-            if record is None or record.state not in ("running", "waiting-approval", "paused"):
+            state = registry.rollout_state(rollout_id)  # not the document: it grows with devices
+            if state not in ("running", "waiting-approval", "paused"):
                 log.info("not serving %s to %s: its rollout stopped", request.bundle_id, device_id)
                 return
         bundle = registry.bundle(request.bundle_id)
@@ -329,6 +333,9 @@ class FleetService:
     def tick(self, registry: FleetRegistry) -> None:
         """Step every live rollout, then publish the commands queued."""
         now = self.clock()
+        self._revoked = frozenset(
+            e.username for e in registry.enrollments(role="device") if e.revoked_at is not None
+        )
         for record in registry.rollouts(states=LIVE_STATES):
             rollout = Rollout.from_dict(record.document)
             if not rollout.live(now):

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from broker import MosquittoBroker
 
+from edgeml.fleet.enrollment import enroll_device, revoke_device
 from edgeml.fleet.operations import request_action, start_rollout
 from edgeml.fleet.publishing import publish_bundle
 from edgeml.fleet.registry import FleetRegistry
@@ -317,6 +318,19 @@ def test_a_window_published_twice_is_stored_once(fleet: Fleet) -> None:
     wait_for(lambda: counters.windows + counters.duplicate_windows >= 3, "three windows handled")
     assert [r.seq for r in fleet.registry.windows(device_id="pi-1")] == [1, 2]
     assert (counters.windows, counters.duplicate_windows) == (2, 1)
+
+
+def test_a_revoked_device_is_not_heard_even_before_the_broker_reloads(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    device = fleet.device("pi-1")
+    enroll_device(fleet.registry, "pi-1", PROFILE, out=tmp_path / "enrolled", now=1.0)
+    revoke_device(fleet.registry, "pi-1", now=2.0, reason="stolen")
+    wait_for(lambda: "pi-1" in fleet.service._revoked, "the revocation seen by the service")
+    dropped = fleet.service.counters.dropped_messages
+    device.publish("telemetry", window("pi-1", 1))  # the broker still lets it through
+    wait_for(lambda: fleet.service.counters.dropped_messages > dropped, "the window dropped")
+    assert fleet.registry.windows(device_id="pi-1") == []
 
 
 def test_a_window_naming_another_device_than_its_topic_is_dropped(fleet: Fleet) -> None:
