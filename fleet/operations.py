@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from edgeml.fleet.gates import Gates, device_figures, summarize_windows
@@ -28,6 +29,7 @@ from edgeml.fleet.rollout import (
 )
 from edgeml.toolkit.errors import InputError
 from edgeml.toolkit.protocol import Command
+from edgeml.toolkit.trust import read_trust_document, verify_root
 
 HEALTH_SPAN_S = 600.0
 """``fleet devices`` shows each device's health over this many seconds of telemetry."""
@@ -183,6 +185,56 @@ def roll_back_devices(
                 entry["activate"] = device.previous
             plan.append(entry)
     return plan
+
+
+def push_trust(
+    registry: FleetRegistry,
+    document_path: Path,
+    target: Sequence[Selector] = (),
+    *,
+    actor: str = "cli",
+    now: float | None = None,
+) -> list[str]:
+    """Send a trust document to the target's devices (every device without a target).
+
+    Whether a device takes it is the document's business (its version, signatures and
+    revocations, see docs/security.md), not the sender's: the fleet only checks that it is
+    a trust document signed by one of its own root keys, so a damaged file is not sent.
+
+    Returns:
+        The devices the command was queued for.
+
+    Raises:
+        TrustError: not a trust document, or not signed by its own root keys (exit 3).
+        InputError: no device matches the target.
+    """
+    now = time.time() if now is None else now
+    document = read_trust_document(document_path)
+    verify_root(document)
+    devices = [d for d in registry.devices() if all(s.matches(device_view(d)) for s in target)]
+    if not devices:
+        where = " and ".join(map(str, target)) if target else "the fleet"
+        raise InputError(f"no device matches {where}")
+    batch = uuid.uuid4().hex[:8]
+    with registry.transaction():
+        for device in devices:
+            command = Command(
+                command_id=f"trust-{batch}.{device.device_id}",
+                kind="trust",
+                issued_at=now,
+                trust_document=document.to_dict(),
+            )
+            registry.queue_command(
+                command, device.device_id, f"trust version {document.version}", now
+            )
+        registry.audit(
+            now,
+            "trust-pushed",
+            f"trust version {document.version} sent to {len(devices)} device(s)",
+            actor=actor,
+            details={"devices": [d.device_id for d in devices], "version": document.version},
+        )
+    return [d.device_id for d in devices]
 
 
 def device_overview(

@@ -627,3 +627,59 @@ def test_installed_entry_point_lists_bundles(db: Path, bundle_id: str) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert [b["bundle_id"] for b in json.loads(completed.stdout)] == [bundle_id]
+
+
+# --- trust push -------------------------------------------------------------------------------
+
+
+def trust_document_file(folder: Path, key_dir: Path, other_key_dir: Path, signer: Path) -> Path:
+    """Version 1 of a trust document naming both keys, rooted in ``key_dir``'s, signed by
+    ``signer``'s private key."""
+    from edgeml.toolkit.keys import load_private_key
+    from edgeml.toolkit.trust import new_trust_document
+
+    release, other = (
+        load_public_key(key_dir / "edgeml.pub"),
+        load_public_key(other_key_dir / "other.pub"),
+    )
+    document = new_trust_document([release, other], [release]).sign(load_private_key(signer))
+    path = folder / "trust.json"
+    path.write_bytes(document.to_bytes())
+    return path
+
+
+def test_trust_push_queues_a_trust_command_for_the_target_only(
+    db: Path, registry: FleetRegistry, key_dir: Path, other_key_dir: Path, tmp_path: Path
+) -> None:
+    registry.record_status(status("pi-1", tags=("plant-3",)), 1.0)
+    registry.record_status(status("pi-2"), 1.0)
+    document = trust_document_file(tmp_path, key_dir, other_key_dir, key_dir / "edgeml.key")
+    done = fleet(
+        "trust", "push", str(document), "--db", str(db), "--target", "tag=plant-3", "--json"
+    )
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout) == {"devices": ["pi-1"]}
+    queued = registry.unsent_commands()
+    assert [(c.device_id, c.command.kind) for c in queued] == [("pi-1", "trust")]
+    assert queued[0].command.trust_document == json.loads(document.read_text())
+    assert [e.action for e in registry.audit_log()][-1] == "trust-pushed"
+
+
+def test_trust_push_refuses_a_document_not_signed_by_its_own_root(
+    db: Path, registry: FleetRegistry, key_dir: Path, other_key_dir: Path, tmp_path: Path
+) -> None:
+    registry.record_status(status("pi-1"), 1.0)
+    document = trust_document_file(tmp_path, key_dir, other_key_dir, other_key_dir / "other.key")
+    done = fleet("trust", "push", str(document), "--db", str(db))
+    assert done.exit_code == 3, done.output
+    assert "not signed by any of its own root keys" in done.stderr
+    assert registry.unsent_commands() == []
+
+
+def test_trust_push_without_a_matching_device_is_bad_usage(
+    db: Path, registry: FleetRegistry, key_dir: Path, other_key_dir: Path, tmp_path: Path
+) -> None:
+    document = trust_document_file(tmp_path, key_dir, other_key_dir, key_dir / "edgeml.key")
+    done = fleet("trust", "push", str(document), "--db", str(db), "--target", "tag=nowhere")
+    assert done.exit_code == 2
+    assert "no device matches tag=nowhere" in done.stderr

@@ -28,6 +28,11 @@ rollout_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(rollout_app, name="rollout")
+trust_app = typer.Typer(
+    help="Send devices a new signed trust document: rotate or revoke keys, no re-flashing.",
+    no_args_is_help=True,
+)
+app.add_typer(trust_app, name="trust")
 
 DbOption = Annotated[Path, typer.Option("--db", help="The fleet registry (a SQLite file).")]
 TrustOption = Annotated[
@@ -405,3 +410,28 @@ _operator_command("pause", "Stop starting new stages and sending installs (gates
 _operator_command("resume", "Go on with a paused rollout.")
 _operator_command("approve", "Start the next stage of a rollout waiting for approval.")
 _operator_command("abort", "Stop a rollout; devices keep what they run (see fleet rollback).")
+
+
+@trust_app.command("push")
+@handles_errors
+def trust_push(
+    document: Annotated[Path, typer.Argument(help="The trust document (keys trust init|update).")],
+    db: DbOption,
+    target: TargetOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Send a trust document to the target's devices (all devices without --target).
+
+    Each device takes it only if its signatures follow from the trust it holds; the result
+    of each command is in the audit log and the device's status.
+    """
+    from edgeml.fleet.operations import push_trust
+    from edgeml.fleet.rollout import parse_selector
+
+    selectors = [parse_selector(t) for t in target or ()]
+    with _registry(db) as registry:
+        devices = push_trust(registry, document, selectors)
+    if json_output:
+        print_json({"devices": devices})
+    else:
+        info(f"trust document queued for {len(devices)} device(s); the service sends it")
