@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The quick start, end to end on embedded defaults: set up a virtual environment, train a model
 # on a data set that ships with scikit-learn, build signed bundles for two hardware profiles,
-# verify them, show what one holds; then a local Mosquitto, the fleet service and five device
-# agents: stage the good bundle to every device, watch a bad one break the drift gate on the
-# canary and roll back by itself. Safe to run again.
+# verify them, show what one holds; then enroll five devices (broker credentials, per-device
+# ACL), run a local Mosquitto with that config, the fleet service and the five agents: stage the
+# good bundle to every device, watch a bad one break the drift gate on the canary and roll back
+# by itself. Safe to run again.
 #   ./demo.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")"

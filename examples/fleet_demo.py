@@ -121,6 +121,26 @@ class Traffic(threading.Thread):
             self.stopping.wait(0.1)
 
 
+def forge_as(device: str, victim: str, folder: Path, port: int) -> None:
+    """Log in with ``device``'s own credentials and try to speak for ``victim``: a status
+    claiming it runs another bundle, and an install command sent to it."""
+    import paho.mqtt.client as mqtt
+
+    from edgeml.toolkit.protocol import Command, Status, device_topic
+
+    password = (folder / device / "broker-password").read_text().strip()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"forger-{device}")
+    client.username_pw_set(device, password)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    forged = Status(victim, True, time.time(), "raspberry-pi-4", [], "evil-6.6.6-raspberry-pi-4")
+    order = Command("forged-1", "rollback", time.time())
+    client.publish(device_topic(victim, "status"), forged.to_bytes(), qos=1, retain=True)
+    client.publish(device_topic(victim, "commands"), order.to_bytes(), qos=1).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
 def watch(db: Path, rollout_id: str, timeout: float) -> dict[str, Any]:
     """Print each change of the rollout's state and stage until it ends; its last status."""
     seen = ""
@@ -159,38 +179,49 @@ def main() -> None:
 
     processes = Processes()
     try:
-        say("a local Mosquitto, the fleet service and five device agents")
+        say("enroll five devices: broker credentials, agent config, per-device ACL")
         port = free_port()
-        (folder / "mosquitto.conf").write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        )
-        processes.start(
-            [mosquitto_binary(), "-c", str(folder / "mosquitto.conf")], folder / "mosquitto.log"
-        )
         broker = f"mqtt://127.0.0.1:{port}"
+        api_ports = []
+        for index, device in enumerate(DEVICES):
+            api_ports.append(free_port())
+            tag = "canary" if index == 0 else "plant-1"
+            home = folder / device
+            edgeml(
+                "fleet", "enroll", device, "--profile", "raspberry-pi-4", "--tag", tag,
+                "--db", str(db), "--out", str(home), "--broker", broker,
+                "--trust", str(trust), "--state-dir", str(home / "state"),
+                "--api-listen", f"127.0.0.1:{api_ports[-1]}",
+            )  # fmt: skip
+            with (home / "agent.toml").open("a") as config:
+                config.write("\n[telemetry]\nwindow_s = 1  # the demo's short windows\n")
+            print(f"    {device} ({tag}): {home / 'agent.toml'}, {home / 'broker-password'} (0600)")
+        owner = ["--broker-user", "mosquitto"] if os.geteuid() == 0 else []
+        edgeml(
+            "fleet", "broker-config", "--db", str(db), "--out", str(folder / "broker"),
+            "--listen", f"127.0.0.1:{port}", *owner,
+        )  # fmt: skip
+        print(f"    broker config: {folder / 'broker'} (passwords, acl, mosquitto.conf)")
+
+        say("a local Mosquitto with that config, the fleet service and the five agents")
+        processes.start(
+            [mosquitto_binary(), "-c", str(folder / "broker" / "mosquitto.conf")],
+            folder / "mosquitto.log",
+        )
         time.sleep(0.5)
         processes.start(
             [
                 *(EDGEML, "fleet", "serve", "--db", str(db), "--broker", broker),
                 *("--trust", str(trust), "--tick", "0.5", "--health-every", "1"),
+                *("--username", "edgeml-fleet"),
+                *("--password-file", str(folder / "broker" / "fleet-password")),
             ],
             folder / "fleet.log",
         )
-        api_ports = []
-        for index, device in enumerate(DEVICES):
-            api_port = free_port()
-            api_ports.append(api_port)
-            home = folder / device
-            home.mkdir()
-            tags = ["canary"] if index == 0 else ["plant-1"]
-            (home / "agent.toml").write_text(
-                f'device_id = "{device}"\nprofile = "raspberry-pi-4"\ntags = {json.dumps(tags)}\n'
-                f'state_dir = "{home / "state"}"\ntrust = "{trust}"\n'
-                f'[broker]\nurl = "{broker}"\n[api]\nlisten = "127.0.0.1:{api_port}"\n'
-                "[telemetry]\nwindow_s = 1\n"
-            )
+        for device in DEVICES:
+            config = folder / device / "agent.toml"
             processes.start(
-                [EDGEML, "agent", "run", "--config", str(home / "agent.toml")], home / "agent.log"
+                [EDGEML, "agent", "run", "--config", str(config)], config.parent / "agent.log"
             )
         wait_for(
             lambda: (
@@ -214,6 +245,19 @@ def main() -> None:
         )["rollout_id"]  # fmt: skip
         watch(db, first, 180)
         print(edgeml("fleet", "rollout", "status", first, "--db", str(db)))
+
+        say("pi-02 uses its own credentials to speak for pi-03 (a status and a command)")
+        before = {d["device_id"]: d for d in edgeml_json("fleet", "devices", "--db", str(db))}
+        forge_as("pi-02", "pi-03", folder, port)
+        time.sleep(2)
+        after = {d["device_id"]: d for d in edgeml_json("fleet", "devices", "--db", str(db))}
+        unchanged = after["pi-03"]["active"] == before["pi-03"]["active"]
+        print(
+            f"    the broker's ACL dropped both: the fleet still sees pi-03 running "
+            f"{after['pi-03']['active']}"
+            if unchanged
+            else "    !! the forged status got through"
+        )
 
         say(f"publish {options.bad.name}, whose drift baseline does not match the traffic")
         bad = edgeml_json(

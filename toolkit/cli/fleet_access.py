@@ -48,6 +48,12 @@ def enroll(
     state_dir: Annotated[
         str, typer.Option("--state-dir", help="The agent's state folder on the device.")
     ] = "/var/lib/edgeml",
+    api_listen: Annotated[
+        str,
+        typer.Option(
+            "--api-listen", help="Where the agent's local API listens (HOST:PORT or unix:PATH)."
+        ),
+    ] = "127.0.0.1:8765",
     rotate_credentials: Annotated[
         bool,
         typer.Option(
@@ -79,6 +85,7 @@ def enroll(
             trust=trust,
             ca_file=ca_file,
             state_dir=state_dir,
+            api_listen=api_listen,
             rotate=rotate_credentials,
         )
     if broker.startswith("mqtt://"):
