@@ -1,9 +1,11 @@
 """The fleet demo: a local Mosquitto, the fleet service and five device agents on this machine.
 
-Publishes a good bundle and stages it to every device (canary first), then publishes a bad one
-(its drift baseline does not match the devices' traffic), watches it break the drift gate on
-the canary and roll back by itself, and prints what happened: the rollouts' tables, the
-devices' versions and health, and the audit log. Run by ``./demo.sh`` after the build.
+Enrolls the five devices (broker credentials, agent configs, the broker's password file and
+per-device ACL) and shows that one device cannot speak for another. Then publishes a good
+bundle and stages it to every device (canary first), publishes a bad one (its drift baseline
+does not match the devices' traffic), watches it break the drift gate on the canary and roll
+back by itself, and prints what happened: the rollouts' tables, the devices' versions and
+health, and the audit log. Run by ``./demo.sh`` after the build.
 
     python examples/fleet_demo.py --out demo-out --good B1.edgeml --bad B2.edgeml --trust K.pub
 """
@@ -295,6 +297,7 @@ def main() -> None:
         print(
             f"    every device runs {good['bundle_id']} again; {traffic.requests} requests served"
         )
+        print("    pi-02's forged status and command for pi-03 were dropped by the broker's ACL")
         print(f"    audit log: {db} (table audit); logs in {folder}")
     finally:
         processes.stop()
