@@ -26,28 +26,28 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import hmac
-import ipaddress
-import json
 import logging
-import os
 import re
-import socket
-import socketserver
-import stat
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
-import numpy as np
-
+from edgeml.agent.api_bodies import (
+    Refusal,
+    health_document,
+    json_bytes,
+    model_document,
+    parse_body,
+    prediction_document,
+    violation_document,
+)
+from edgeml.agent.api_sockets import ListenAddress, bind_server
 from edgeml.agent.telemetry import Observation, Outcome
-from edgeml.toolkit.contract import ContractReport, ContractViolation
+from edgeml.toolkit.contract import ContractReport
 from edgeml.toolkit.errors import ConfigError, InputError
 from edgeml.toolkit.scoring import Predictions, ScoringEngine
 
@@ -103,58 +103,6 @@ class ModelHolder:
             previous, self._engine = self._engine, engine
             self.detail = detail or ("" if engine is not None else "no verified bundle is active")
             return previous
-
-
-# ----------------------------------------------------------------------------- addresses
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """Where the API listens: ``HOST:PORT`` (``[v6]:PORT``) or ``unix:/path``."""
-
-    host: str = ""
-    port: int = 0
-    unix_path: Path | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ListenAddress:
-        """Parse a listen address.
-
-        Raises:
-            ConfigError: neither ``HOST:PORT`` nor ``unix:/path``.
-        """
-        if not isinstance(text, str) or not text:
-            raise ConfigError(f"api listen address must be HOST:PORT or unix:/path, got {text!r}")
-        if text.startswith("unix:"):
-            path = text[5:]
-            if not path:
-                raise ConfigError(f"api listen address {text!r} names no socket path")
-            if len(os.fsencode(path)) > _UNIX_PATH_MAX:
-                raise ConfigError(
-                    f"api listen address {text!r}: a Unix socket path may hold at most "
-                    f"{_UNIX_PATH_MAX} bytes"
-                )
-            return cls(unix_path=Path(path))
-        host, _, port = text.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"api listen address must be HOST:PORT or unix:/path, got {text!r}")
-        return cls(host=host, port=int(port))
-
-    @property
-    def loopback(self) -> bool:
-        """True for a Unix socket, ``localhost`` and loopback IPs."""
-        if self.unix_path is not None or self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name: it may resolve to anything
-
-    def __str__(self) -> str:
-        if self.unix_path is not None:
-            return f"unix:{self.unix_path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 # ----------------------------------------------------------------------------- the server
@@ -250,7 +198,7 @@ class ScoringAPI:
                 "disable_nagle_algorithm": self.listen.unix_path is None,
             },
         )
-        self._server = _bind(self.listen, handler, int(max_connections), socket_mode)
+        self._server = bind_server(self.listen, handler, int(max_connections), socket_mode)
 
     def __repr__(self) -> str:  # the token stays out of every repr and log line
         return f"ScoringAPI({self.address!r}, token={'set' if self._token else 'none'})"
@@ -324,7 +272,7 @@ class ScoringAPI:
         hit = self._cache.get(key)
         if hit is not None and hit[0]() is engine:
             return hit[1]
-        body = _json(build())
+        body = json_bytes(build())
         self._cache[key] = (weakref.ref(engine), body)
         return body
 
@@ -337,232 +285,6 @@ class ScoringAPI:
             self.record_failures += 1
             if self.record_failures == 1 or self.record_failures % 1000 == 0:
                 log.exception("recording telemetry failed (%d times)", self.record_failures)
-
-
-# ------------------------------------------------------------------------- documents
-
-
-def health_document(engine: ScoringEngine) -> dict[str, Any]:
-    """``/v1/health``'s body while serving."""
-    manifest = engine.manifest
-    return {
-        "status": "serving",
-        "bundle": engine.bundle_id,
-        "name": manifest.name,
-        "version": manifest.version,
-        "profile": manifest.profile,
-        "task": engine.task,
-    }
-
-
-def model_document(engine: ScoringEngine) -> dict[str, Any]:
-    """``/v1/model``'s body: the active bundle's manifest summary."""
-    manifest = engine.manifest
-    return {
-        "bundle": engine.bundle_id,
-        "name": manifest.name,
-        "version": manifest.version,
-        "profile": manifest.profile,
-        "task": engine.task,
-        "classes": list(engine.classes) if engine.task == "classification" else None,
-        "features": [spec.to_dict() for spec in engine.contract.features],
-        "outputs": [field.name for field in engine.output_fields()],
-        "metrics": manifest.metrics,
-        "precision": manifest.precision,
-        "key_id": engine.key_id,
-        "providers": list(engine.providers),
-    }
-
-
-def prediction_document(
-    engine: ScoringEngine, predictions: Predictions, report: ContractReport, unknown: Sequence[str]
-) -> dict[str, Any]:
-    """``/v1/predict``'s body for scored rows."""
-    document: dict[str, Any] = {"bundle": engine.bundle_id}
-    if predictions.values is not None:
-        document["predictions"] = predictions.values.tolist()
-    else:
-        labels = predictions.labels if predictions.labels is not None else np.zeros(0)
-        document["predictions"] = labels.tolist()
-        if predictions.probabilities is not None:
-            document["classes"] = list(predictions.classes)
-            document["probabilities"] = predictions.probabilities.tolist()
-    if unknown:
-        document["unknown_fields"] = list(unknown)
-    if report.out_of_range:
-        document["out_of_range"] = {k: v.total for k, v in report.out_of_range.items()}
-    return document
-
-
-def violation_document(report: ContractReport) -> dict[str, Any]:
-    """The 422 body for rows that break the contract: the first violations by row and
-    field (``row`` is the 0-based index in ``rows`` or ``instances``)."""
-    violations = [
-        {
-            "row": v.row,
-            "field": v.column,
-            "kind": v.kind,
-            "value": v.to_dict()["value"],
-            "message": v.message,
-        }
-        for v in report.violations(MAX_VIOLATIONS_SHOWN)
-    ]
-    return {
-        "error": "contract-violation",
-        "message": str(ContractViolation.from_report(report)),
-        "invalid_rows": report.invalid_rows,
-        "missing_fields": list(report.missing_columns),
-        "violations": violations,
-    }
-
-
-# ------------------------------------------------------------------------- request bodies
-
-
-class _Refusal(Exception):
-    """A request answered with an error status before (or instead of) scoring."""
-
-    def __init__(self, status: int, kind: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.document = {"error": kind, "message": message, **extra}
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_body(body: bytes, engine: ScoringEngine) -> tuple[Any, list[str]]:
-    """The rows of a predict body, in a form ``engine.check`` takes, and the unknown fields.
-
-    Rows whose values are all JSON numbers become one float matrix (the fast path); anything
-    else (strings, booleans, nulls, absent fields) goes to the contract check as it came, so
-    it is judged exactly as ``edgeml score`` judges it.
-
-    Raises:
-        _Refusal: 400 for a body that is not a predict request, 422 for an instance with the
-            wrong number of values.
-    """
-    try:
-        document = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as error:
-        raise _Refusal(400, "bad-request", f"the body is not valid JSON: {error}") from None
-    if not isinstance(document, dict) or len({"rows", "instances"} & document.keys()) != 1:
-        raise _Refusal(
-            400,
-            "bad-request",
-            'the body must be an object with "rows": [{field: value}, ...] or '
-            '"instances": [[value, ...], ...]',
-        )
-    features = engine.features
-    if "rows" in document:
-        rows = document["rows"]
-        if not isinstance(rows, list) or not rows:
-            raise _Refusal(400, "bad-request", '"rows" must be a non-empty list of objects')
-        return _rows(rows, features, engine.input_dtype)
-    instances = document["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise _Refusal(400, "bad-request", '"instances" must be a non-empty list of arrays')
-    return _instances(instances, features, engine.input_dtype), []
-
-
-def _rows(rows: list[Any], features: Sequence[str], dtype: np.dtype) -> tuple[Any, list[str]]:
-    known = set(features)
-    unknown: dict[str, None] = {}
-    cells: list[list[Any]] | None = []
-    for i, row in enumerate(rows):
-        if type(row) is not dict:
-            raise _Refusal(400, "bad-request", f"rows[{i}] must be an object of field: value")
-        if cells is not None:
-            try:
-                values = [row[name] for name in features]
-            except KeyError:
-                cells = None
-            else:
-                if _NUMBERS.issuperset(map(type, values)):
-                    cells.append(values)
-                else:
-                    cells = None
-        if cells is not None and len(row) != len(features):
-            unknown.update(dict.fromkeys(k for k in row if k not in known))
-    if cells is not None:
-        with contextlib.suppress(OverflowError):
-            return _matrix(cells, dtype), list(unknown)
-    for i, row in enumerate(rows):
-        for name, value in row.items():
-            _refuse_nested(i, name, value)
-    return rows, []  # the contract check lists unknown columns itself
-
-
-def _matrix(cells: list[list[Any]], dtype: np.dtype) -> np.ndarray:
-    """Numbers as the model's float matrix, converted once (what ``as_input`` would do: a
-    value beyond float32 becomes inf, which the contract check then flags)."""
-    with np.errstate(over="ignore"):
-        return np.array(cells, dtype=dtype)
-
-
-def _instances(instances: list[Any], features: Sequence[str], dtype: np.dtype) -> Any:
-    width = len(features)
-    numbers = True
-    for i, row in enumerate(instances):
-        if type(row) is not list:
-            raise _Refusal(400, "bad-request", f"instances[{i}] must be an array of values")
-        if len(row) != width:
-            message = (
-                f"row {i}: {len(row)} values; the model reads {width} features "
-                f"({', '.join(features)}), in that order"
-            )
-            violation = {"row": i, "field": None, "kind": "wrong width", "value": None}
-            raise _Refusal(
-                422,
-                "contract-violation",
-                message,
-                invalid_rows=1,
-                missing_fields=[],
-                violations=[{**violation, "message": message}],
-            )
-        if numbers and not _NUMBERS.issuperset(map(type, row)):
-            numbers = False
-    if numbers:
-        with contextlib.suppress(OverflowError):
-            return _matrix(instances, dtype)
-    for i, row in enumerate(instances):
-        for name, value in zip(features, row, strict=True):
-            _refuse_nested(i, name, value)
-    return {name: [row[j] for row in instances] for j, name in enumerate(features)}
-
-
-def _refuse_nested(row: int, name: str, value: Any) -> None:
-    if isinstance(value, dict | list):
-        kind = "an object" if isinstance(value, dict) else "an array"
-        message = f"row {row}, column {name!r}: {kind} is not a value (flatten it into fields)"
-        raise _Refusal(
-            422,
-            "contract-violation",
-            message,
-            invalid_rows=1,
-            missing_fields=[],
-            violations=[
-                {"row": row, "field": name, "kind": "wrong type", "value": None, "message": message}
-            ],
-        )
-
-
-def _json(document: Any) -> bytes:
-    try:
-        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError:  # a nan or an infinity among the outputs: JSON has no such number
-        return json.dumps(_finite(document), separators=(",", ":")).encode()
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
 
 
 # ------------------------------------------------------------------------- the handler
@@ -739,7 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, api.cached("health", engine, lambda: health_document(engine)))
             return
         document = {**api.health_info(), **health_document(engine)}
-        self._send(200, _json(document))
+        self._send(200, json_bytes(document))
 
     def _predict(self, engine: ScoringEngine, started: float) -> None:
         api = self.api
@@ -754,7 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 report = engine.check(data, first_row=0)
             except (InputError, ValueError) as error:
-                raise _Refusal(422, "contract-violation", str(error), violations=[]) from None
+                raise Refusal(422, "contract-violation", str(error), violations=[]) from None
             if not report.passed:
                 self._reply(422, violation_document(report))
                 return
@@ -772,8 +494,8 @@ class _Handler(BaseHTTPRequestHandler):
             outcome = "ok"
             unknown = unknown or list(report.unknown_columns)
             document = prediction_document(engine, predictions, report, unknown)
-            self._send(200, _json(document))
-        except _Refusal as refusal:
+            self._send(200, json_bytes(document))
+        except Refusal as refusal:
             self._reply(refusal.status, refusal.document, close=refusal.status in (411, 413))
             if refusal.status == 413:
                 self._discard(int(self.headers.get("Content-Length", "0")))
@@ -792,16 +514,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
-            raise _Refusal(411, "length-required", "send the body with a Content-Length")
+            raise Refusal(411, "length-required", "send the body with a Content-Length")
         length_text = self.headers.get("Content-Length")
         if length_text is None:
-            raise _Refusal(411, "length-required", "send the body with a Content-Length")
+            raise Refusal(411, "length-required", "send the body with a Content-Length")
         if not length_text.strip().isdigit():
             self.close_connection = True
-            raise _Refusal(400, "bad-request", "Content-Length is not a number")
+            raise Refusal(400, "bad-request", "Content-Length is not a number")
         length = int(length_text)
         if length > self.api.max_body_bytes:
-            raise _Refusal(
+            raise Refusal(
                 413,
                 "payload-too-large",
                 f"the body is {length} bytes; at most {self.api.max_body_bytes} are read",
@@ -809,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         if len(body) < length:
             self.close_connection = True
-            raise _Refusal(400, "bad-request", "the body ended before its Content-Length")
+            raise Refusal(400, "bad-request", "the body ended before its Content-Length")
         return body
 
     def _discard(self, length: int) -> None:
@@ -843,7 +565,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers: Sequence[tuple[str, str]] = (),
         close: bool = False,
     ) -> None:
-        self._send(status, _json(document), headers=headers, close=close)
+        self._send(status, json_bytes(document), headers=headers, close=close)
 
     def _send(
         self,
@@ -878,146 +600,3 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
-
-
-# ------------------------------------------------------------------------- servers
-
-
-class _Connections:
-    """Bounds the connections served at once and remembers them, to close them on stop."""
-
-    def _init_connections(self, limit: int) -> None:
-        self._slots = threading.BoundedSemaphore(limit)
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                body = b'{"error":"busy","message":"too many connections"}'
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-                )
-            self.shutdown_request(request)  # type: ignore[attr-defined]
-            return
-        with self._open_lock:
-            self._open.add(request)
-        try:
-            super().process_request(request, client_address)  # type: ignore[misc]
-        except BaseException:
-            self._forget(request)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)  # type: ignore[misc]
-        finally:
-            self._forget(request)
-
-    def _forget(self, request: Any) -> None:
-        with self._open_lock:
-            if request in self._open:
-                self._open.discard(request)
-                self._slots.release()
-
-    def close_connections(self) -> None:
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("a connection of the local API failed", exc_info=True)
-
-
-class _TCPServer(_Connections, ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks the resolver for the host's FQDN: slow, or stuck, on a
-        # device with no DNS. Nothing here needs it.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
-class _TCP6Server(_TCPServer):
-    address_family = socket.AF_INET6
-
-
-class _UnixServer(_Connections, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    socket_mode = 0o600
-    _inode: int | None = None
-
-    def server_bind(self) -> None:
-        """Bind under a temporary name, set the mode, rename over the final path: the
-        socket never exists at its path with looser permissions."""
-        final = str(self.server_address)
-        temporary = f"{final}.tmp{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        self.socket.bind(temporary)
-        try:
-            os.chmod(temporary, self.socket_mode)
-            os.replace(temporary, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        self._inode = os.lstat(final).st_ino
-        self.server_address = final
-
-    def server_close(self) -> None:
-        super().server_close()
-        path = str(self.server_address)
-        with contextlib.suppress(OSError):
-            if os.lstat(path).st_ino == self._inode:  # still ours: not a newer agent's
-                os.unlink(path)
-
-
-def _check_socket_path(path: Path) -> None:
-    """Refuse a path that holds something other than a dead agent's socket."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ConfigError(f"api listen socket {path} exists and is not a socket; remove it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return  # stale: the rename in server_bind replaces it
-    except OSError as error:
-        raise ConfigError(f"api listen socket {path} cannot be checked: {error}") from None
-    finally:
-        probe.close()
-    raise ConfigError(f"api listen socket {path} is in use by a running process")
-
-
-def _bind(
-    listen: ListenAddress, handler: type[_Handler], max_connections: int, socket_mode: int
-) -> Any:
-    try:
-        if listen.unix_path is not None:
-            _check_socket_path(listen.unix_path)
-            server_class = type("_ModeUnixServer", (_UnixServer,), {"socket_mode": socket_mode})
-            server: Any = server_class(str(listen.unix_path), handler, bind_and_activate=False)
-        else:
-            family = _TCP6Server if ":" in listen.host else _TCPServer
-            server = family((listen.host, listen.port), handler, bind_and_activate=False)
-    except OSError as error:
-        raise ConfigError(f"api listen address {listen}: {error}") from None
-    server._init_connections(max_connections)
-    try:
-        server.server_bind()
-        server.server_activate()
-    except OSError as error:
-        server.server_close()
-        raise ConfigError(f"api listen address {listen}: cannot listen: {error}") from None
-    return server
