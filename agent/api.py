@@ -58,11 +58,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 MIN_TOKEN_LENGTH = 16
-MAX_VIOLATIONS_SHOWN = 20
 _TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 token68
-_UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS; leave room for ".tmpPID"
-_NUMBER = (int, float)
-_NUMBERS = frozenset(_NUMBER)
 
 Recorder = Callable[[Observation], None]
 """Called with one observation per predict request, after its answer was sent."""
