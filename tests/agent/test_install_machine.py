@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeml.agent.install import (
+from edgeml.agent.install_machine import (
     CollectGarbage,
     DiscardCandidate,
     Fail,
