@@ -36,7 +36,10 @@ app.add_typer(trust_app, name="trust")
 
 DbOption = Annotated[Path, typer.Option("--db", help="The fleet registry (a SQLite file).")]
 TrustOption = Annotated[
-    Path, typer.Option("--trust", help="A .pub file or a folder of them: the release keys.")
+    Path,
+    typer.Option(
+        "--trust", help="The release keys: a .pub file, a folder of them, or a trust document."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
 TargetOption = Annotated[

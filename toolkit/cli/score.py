@@ -63,7 +63,9 @@ def score(
             "-o", "--output", help="Where the predictions go; the format follows the extension."
         ),
     ],
-    trust: Annotated[Path, typer.Option("--trust", help="A .pub file or a folder of them.")],
+    trust: Annotated[
+        Path, typer.Option("--trust", help="A .pub file, a folder of them, or a trust document.")
+    ],
     on_invalid: Annotated[
         str,
         typer.Option(
