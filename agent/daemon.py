@@ -6,8 +6,9 @@ on paho's thread and are queued to one worker thread, so an install never blocks
 loop or the API. A ``trust`` command (a newer signed trust document) runs on the same worker:
 ``edgeml.agent.trust`` verifies and persists it and re-verifies the held bundles, and the daemon
 then serves what still verifies. Telemetry is summarised per window
-(``telemetry.WindowAccumulator``), written to the SQLite outbox first, and published with a
-bounded number in flight; a window leaves the outbox only when the broker acknowledged it.
+(``telemetry.WindowAccumulator``), written to the SQLite outbox first (which numbers it in its
+stream: a new outbox.db is a new stream, starting at seq 1), and published with a bounded
+number in flight; a window leaves the outbox only when the broker acknowledged it.
 Predictions go on whether or not the broker is reachable.
 """
 
@@ -117,6 +118,11 @@ class AgentDaemon:
         worker = threading.Thread(target=self._worker, name="edgeml-agent-worker", daemon=True)
         worker.start()
         log.info("agent %s serving %s", self.config.device_id, self._active_id() or "nothing")
+        log.info(
+            "telemetry stream %s, last seq %d",
+            self.outbox.stream or '"" (legacy)',
+            self.outbox.last_seq,
+        )
         try:
             while not self._stop.wait(TICK_S):
                 now = self.clock()
@@ -271,7 +277,8 @@ class AgentDaemon:
         if accumulator is None:
             return None
         summary = accumulator.take(start, now)
-        window = summary.to_window(self.config.device_id, 1)
+        # seq 1 and the stream are placeholders: the outbox stamps the next seq of its stream
+        window = summary.to_window(self.config.device_id, 1, stream=self.outbox.stream)
         seq = self.outbox.add_or_hold(window, now=now)
         if seq is None:
             log.warning(

@@ -3,11 +3,18 @@ once the broker acknowledged them.
 
 One table of windows, ``(seq, created_at, payload, size, dropped)``: ``seq`` numbers windows
 from 1 and is never reused, even after deletes or a restart (``AUTOINCREMENT``); ``payload``
-is the exact ``telemetry`` message to publish (its ``seq`` and ``dropped_windows`` filled in
-by the outbox). The outbox is bounded in bytes of payload and in windows: past either bound
-the oldest windows are deleted and counted, never silently. A window reports in
-``dropped_windows`` the windows dropped since the window before it was written, so that each
-drop is reported once; ``dropped_total`` keeps the count of all time.
+is the exact ``telemetry`` message to publish (its ``seq``, ``stream`` and ``dropped_windows``
+filled in by the outbox). The database's **stream id** (16 random hex digits, in
+``outbox_meta``) is taken once, when the database is created, and stamped on every window:
+``seq`` numbers windows within that stream. A device whose outbox is lost (re-imaged, state
+folder wiped) starts again at seq 1 in a new stream, which the fleet tells apart from the old
+one instead of dropping the new windows as duplicates. An outbox created before streams
+existed keeps the empty stream ``""`` (its windows go on numbering where they were).
+
+The outbox is bounded in bytes of payload and in windows: past either bound the oldest windows
+are deleted and counted, never silently. A window reports in ``dropped_windows`` the windows
+dropped since the window before it was written, so that each drop is reported once;
+``dropped_total`` keeps the count of all time.
 
 When the database cannot be written (a full disk), :meth:`TelemetryOutbox.add_or_hold` keeps
 the windows in memory, at most ``max_held`` of them, and stores them, oldest first and
@@ -32,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -84,6 +92,8 @@ class OutboxStats:
         dropped_unreported: drops no stored window reports yet (the next window will).
         sent_total: windows acknowledged by the broker, of all time.
         last_sent_seq: the highest seq acknowledged.
+        stream: the stream id stamped on the windows (``""`` for an outbox created before
+            streams existed, or not created yet).
     """
 
     pending: int
@@ -94,6 +104,7 @@ class OutboxStats:
     dropped_unreported: int
     sent_total: int
     last_sent_seq: int
+    stream: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -120,8 +131,27 @@ def _create_windows(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: tuple[tuple[str, Any], ...] = (("0001_create_windows", _create_windows),)
+def _add_stream(db: sqlite_utils.Database) -> None:
+    """The stream id: new and random for a database created now; the empty (legacy) stream for
+    one that numbered windows before streams existed, so that its numbering goes on."""
+    db.execute("CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    numbered = db.execute(
+        "SELECT 1 FROM sqlite_sequence WHERE name = 'windows' AND seq > 0"
+    ).fetchone()
+    stream = "" if numbered else new_stream_id()
+    db.execute("INSERT INTO outbox_meta (key, value) VALUES ('stream', ?)", [stream])
+
+
+MIGRATIONS: tuple[tuple[str, Any], ...] = (
+    ("0001_create_windows", _create_windows),
+    ("0002_add_stream", _add_stream),
+)
 """Named migrations, applied in order, each once; append, never edit or reorder."""
+
+
+def new_stream_id() -> str:
+    """A fresh telemetry stream id: 16 random lowercase hex digits."""
+    return secrets.token_hex(8)
 
 
 def _apply_migrations(db: sqlite_utils.Database) -> None:
@@ -218,6 +248,7 @@ class TelemetryOutbox:
         self._lock = threading.RLock()
         self._busy_timeout_s = busy_timeout_s
         self._db: sqlite_utils.Database | None = None
+        self._stream = ""
         if readonly and not self.path.exists():
             return  # nothing to read yet; connect once the daemon has created it
         conn = self._connect()
@@ -228,6 +259,7 @@ class TelemetryOutbox:
                 conn.execute("PRAGMA journal_size_limit = 4194304")
                 with self._write():
                     _apply_migrations(self._db_or_fail())
+                    self._stream = self._read_stream(conn)
         except sqlite3.Error as error:
             self.close()
             raise OutboxError(f"{self.path}: not a usable outbox database: {error}") from None
@@ -310,6 +342,23 @@ class TelemetryOutbox:
         return {k: int(v) for k, v in conn.execute("SELECT key, value FROM outbox_state")}
 
     @staticmethod
+    def _read_stream(conn: sqlite3.Connection) -> str:
+        """The stored stream id; ``""`` where there is none (an outbox a daemon before streams
+        wrote, read by a read-only reader)."""
+        try:
+            row = conn.execute("SELECT value FROM outbox_meta WHERE key = 'stream'").fetchone()
+        except sqlite3.OperationalError:
+            return ""
+        return str(row[0]) if row else ""
+
+    @property
+    def stream(self) -> str:
+        """The stream id stamped on this outbox's windows (``""``: the legacy stream)."""
+        if self.readonly:
+            return self.stats().stream
+        return self._stream
+
+    @staticmethod
     def _last_seq(conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'windows'").fetchone()
         return int(row[0]) if row else 0
@@ -333,11 +382,12 @@ class TelemetryOutbox:
     ) -> list[int]:
         """Store windows in one transaction, numbering them in order, then keep the bounds.
 
-        Whatever ``seq`` and ``dropped_windows`` a window holds is replaced: the outbox
-        assigns the next seq, and the first window of the batch reports the drops not yet
-        reported. A mapping needs every other field of a ``telemetry`` message (``type`` may
-        be left out). If the batch takes the outbox past a bound, the oldest windows are
-        deleted (possibly some of this batch) and counted for the next window to report.
+        Whatever ``seq``, ``stream`` and ``dropped_windows`` a window holds is replaced: the
+        outbox assigns the next seq in its stream, and the first window of the batch reports
+        the drops not yet reported. A mapping needs every other field of a ``telemetry``
+        message (``type`` may be left out). If the batch takes the outbox past a bound, the
+        oldest windows are deleted (possibly some of this batch) and counted for the next
+        window to report.
 
         Args:
             windows: the windows, oldest first.
@@ -372,7 +422,7 @@ class TelemetryOutbox:
                 rows = []
                 for i, item in enumerate(items):
                     dropped = carry if i == 0 else 0
-                    payload = _stamped(item, first + i, dropped).to_bytes()
+                    payload = _stamped(item, first + i, dropped, self._stream).to_bytes()
                     rows.append((first + i, created, payload, len(payload), dropped))
                 conn.executemany(
                     "INSERT INTO windows (seq, created_at, payload, size, dropped) "
@@ -401,7 +451,8 @@ class TelemetryOutbox:
             ProtocolError: the window does not validate, or is over the message size limit
                 (it is not held).
         """
-        _stamped(window, 1, 0).to_bytes()  # an invalid window must not block those after it
+        # An invalid window must not block those after it: refused before it is held.
+        _stamped(window, 1, 0, self._stream).to_bytes()
         with self._lock:
             self._held.append(window)
             try:
@@ -525,6 +576,7 @@ class TelemetryOutbox:
                 ).fetchone()
                 state = self._state(conn)
                 last = self._last_seq(conn)
+                stream = self._read_stream(conn)
         return OutboxStats(
             pending=int(count),
             pending_bytes=int(total),
@@ -534,6 +586,7 @@ class TelemetryOutbox:
             dropped_unreported=state["dropped_unreported"],
             sent_total=state["sent_total"],
             last_sent_seq=state["last_sent_seq"],
+            stream=stream,
         )
 
     @property
@@ -576,9 +629,9 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _stamped(
-    window: TelemetryWindow | Mapping[str, Any], seq: int, dropped: int
+    window: TelemetryWindow | Mapping[str, Any], seq: int, dropped: int, stream: str
 ) -> TelemetryWindow:
-    """The window with its seq and drop count, validated as the protocol message."""
+    """The window with its seq, stream and drop count, validated as the protocol message."""
     if isinstance(window, TelemetryWindow):
         window = window.to_dict()
     if not isinstance(window, Mapping):
@@ -587,6 +640,9 @@ def _stamped(
             f"not {type(window).__name__}"
         )
     document = {**window, "type": TelemetryWindow.TYPE, "seq": seq, "dropped_windows": dropped}
+    document.pop("stream", None)
+    if stream:
+        document["stream"] = stream
     try:
         return TelemetryWindow.from_dict(document)
     except ProtocolError:

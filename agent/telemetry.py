@@ -185,7 +185,7 @@ class WindowSummary:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``telemetry`` message's fields this summary knows (all but ``device_id``,
-        ``seq`` and ``dropped_windows``, which the daemon and the outbox add)."""
+        ``seq``, ``stream`` and ``dropped_windows``, which the daemon and the outbox add)."""
         return {
             "window_start": self.window_start,
             "window_end": self.window_end,
@@ -199,21 +199,26 @@ class WindowSummary:
             "drift_psi": dict(self.drift_psi),
         }
 
-    def to_window(self, device_id: str, seq: int, dropped_windows: int = 0) -> TelemetryWindow:
-        """The protocol message, validated.
+    def to_window(
+        self, device_id: str, seq: int, dropped_windows: int = 0, stream: str = ""
+    ) -> TelemetryWindow:
+        """The protocol message, validated (the outbox stamps its own ``seq``, ``stream`` and
+        ``dropped_windows`` when it stores the window).
 
         Raises:
-            ProtocolError: a field does not validate (e.g. more than 1,024 classes).
+            ProtocolError: a field does not validate (e.g. more than 1,024 classes, or a
+                stream id that is not 8 to 32 lowercase hex digits).
         """
-        return TelemetryWindow.from_dict(
-            {
-                "type": TelemetryWindow.TYPE,
-                "device_id": device_id,
-                "seq": seq,
-                "dropped_windows": dropped_windows,
-                **self.to_dict(),
-            }
-        )
+        document = {
+            "type": TelemetryWindow.TYPE,
+            "device_id": device_id,
+            "seq": seq,
+            "dropped_windows": dropped_windows,
+            **self.to_dict(),
+        }
+        if stream:
+            document["stream"] = stream
+        return TelemetryWindow.from_dict(document)
 
 
 class WindowAccumulator:

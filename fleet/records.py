@@ -219,8 +219,14 @@ class WindowRecord:
 
     @property
     def seq(self) -> int:
-        """The window's number on its device."""
+        """The window's number in its device's stream."""
         return self.window.seq
+
+    @property
+    def stream(self) -> str:
+        """The device's telemetry stream the window belongs to (``""``: an agent before
+        streams); it changes when the device's buffer starts over."""
+        return self.window.stream
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data, the window as its protocol document."""

@@ -150,9 +150,45 @@ def _create_enrollments(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+_TELEMETRY_COLUMNS_0001 = (
+    "device_id, seq, window_start, window_end, bundle_id, requests, rows, errors, "
+    "contract_violations, latency_ms, predictions, drift_psi, dropped_windows, p95_ms, "
+    "received_at"
+)
+_SCHEMA_0003 = (
+    # SQLite cannot change a primary key: a new table, the rows copied (rowids too, which
+    # keep the order of arrival), the old one dropped with its indexes, the new one renamed.
+    # The columns keep their order, ``stream`` comes last: SQL that reads rows by position
+    # still finds what it read before.
+    """CREATE TABLE telemetry_0003 (
+        device_id TEXT NOT NULL, seq INTEGER NOT NULL, window_start REAL NOT NULL,
+        window_end REAL NOT NULL, bundle_id TEXT, requests INTEGER NOT NULL,
+        rows INTEGER NOT NULL, errors INTEGER NOT NULL, contract_violations INTEGER NOT NULL,
+        latency_ms TEXT NOT NULL, predictions TEXT NOT NULL, drift_psi TEXT NOT NULL,
+        dropped_windows INTEGER NOT NULL, p95_ms REAL, received_at REAL NOT NULL,
+        stream TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (device_id, stream, seq))""",
+    f"""INSERT INTO telemetry_0003 (rowid, stream, {_TELEMETRY_COLUMNS_0001})
+        SELECT rowid, '', {_TELEMETRY_COLUMNS_0001} FROM telemetry ORDER BY rowid""",
+    "DROP TABLE telemetry",
+    "ALTER TABLE telemetry_0003 RENAME TO telemetry",
+    "CREATE INDEX telemetry_bundle ON telemetry (bundle_id, received_at)",
+    "CREATE INDEX telemetry_received ON telemetry (received_at)",
+)
+
+
+def _telemetry_streams(db: sqlite_utils.Database) -> None:
+    """Telemetry keyed by (device, stream, seq): a device whose buffer started over (re-imaged,
+    state lost) numbers its windows from 1 again in a new stream. Windows stored before this
+    migration are in the empty stream, which is what agents before streams send."""
+    for statement in _SCHEMA_0003:
+        db.execute(statement)
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_create_registry", _create_schema),
     ("0002_create_enrollments", _create_enrollments),
+    ("0003_telemetry_streams", _telemetry_streams),
 )
 """Named migrations, applied in order, each once; append, never edit or reorder."""
 
@@ -178,7 +214,8 @@ _RESULT = (
 )
 _WINDOW = (
     "device_id, seq, window_start, window_end, bundle_id, requests, rows, errors, "
-    "contract_violations, latency_ms, predictions, drift_psi, dropped_windows, received_at"
+    "contract_violations, latency_ms, predictions, drift_psi, dropped_windows, stream, "
+    "received_at"
 )
 _AUDIT = "entry_id, at, actor, action, reason, rollout_id, device_id, details"
 _ENROLLMENT = (
@@ -216,10 +253,10 @@ def _result(row: Sequence[Any]) -> ResultRecord:
 
 
 def _window(row: Sequence[Any]) -> WindowRecord:
-    values = list(row[:13])
+    values = list(row[:14])  # TelemetryWindow's fields, in order, stream last
     for i in (9, 10, 11):  # latency_ms, predictions, drift_psi
         values[i] = json.loads(values[i])
-    return WindowRecord(TelemetryWindow(*values), row[13])
+    return WindowRecord(TelemetryWindow(*values), row[14])
 
 
 def _json(what: str, value: Any) -> str:
@@ -794,7 +831,9 @@ class FleetRegistry:
     # ------------------------------------------------------------------------ telemetry
 
     def add_windows(self, windows: Sequence[TelemetryWindow], received_at: float) -> int:
-        """Store telemetry windows in one statement; a (device, seq) already stored is dropped.
+        """Store telemetry windows in one statement; a (device, stream, seq) already stored is
+        dropped (a window delivered again), while the same seq in another stream (the device's
+        buffer started over) is a new window.
 
         One transaction (or part of the caller's): pass a whole batch (hundreds of windows),
         not one window per call. The registry does not check that a window's device is the
@@ -818,6 +857,7 @@ class FleetRegistry:
                 json.dumps(w.predictions, separators=(",", ":")),
                 json.dumps(w.drift_psi, separators=(",", ":")),
                 w.dropped_windows,
+                w.stream,
                 received_at,
                 w.latency_ms.get("p95"),
             )
@@ -829,7 +869,7 @@ class FleetRegistry:
             before = conn.total_changes
             conn.executemany(
                 f"INSERT OR IGNORE INTO telemetry ({_WINDOW}, p95_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             return conn.total_changes - before
@@ -843,7 +883,7 @@ class FleetRegistry:
         *,
         received_since: float | None = None,
     ) -> list[WindowRecord]:
-        """Stored windows, ordered by device and seq.
+        """Stored windows, of every stream, ordered by device, stream and seq.
 
         Args:
             device_id: only this device's.
@@ -864,7 +904,9 @@ class FleetRegistry:
                 params.append(value)
         # With a time filter, "+" keeps SQLite from walking the whole primary key to skip
         # a sort: the received_at index finds the few recent windows, then they are sorted.
-        order = "+device_id, +seq" if received_since is not None else "device_id, seq"
+        order = (
+            "+device_id, +stream, +seq" if received_since is not None else "device_id, stream, seq"
+        )
         rows = self._query(
             "reading telemetry",
             f"SELECT {_WINDOW} FROM telemetry WHERE {where} ORDER BY {order}",
@@ -872,17 +914,41 @@ class FleetRegistry:
         )
         return [_window(row) for row in rows]
 
-    def window_gaps(self, device_id: str) -> list[tuple[int, int]]:
-        """The device's windows that never arrived, as inclusive (first, last) seq ranges,
-        from seq 1 up to the highest stored (e.g. ``[(4, 6)]``: 4, 5 and 6 are missing)."""
+    def window_gaps(self, device_id: str, stream: str | None = None) -> list[tuple[int, int]]:
+        """The windows of one of the device's streams that never arrived, as inclusive
+        (first, last) seq ranges, from seq 1 up to the highest stored (e.g. ``[(4, 6)]``: 4, 5
+        and 6 are missing).
+
+        Args:
+            device_id: the device.
+            stream: the stream (``""``: windows of agents before streams); by default the
+                device's latest, the stream of the window the fleet received last.
+        """
+        if stream is None:
+            stream = self.latest_stream(device_id)
+            if stream is None:
+                return []
         rows = self._query(
             "reading telemetry",
             "SELECT previous + 1, seq - 1 FROM (SELECT seq, lag(seq, 1, 0) OVER "
-            "(ORDER BY seq) AS previous FROM telemetry WHERE device_id = ?) "
+            "(ORDER BY seq) AS previous FROM telemetry WHERE device_id = ? AND stream = ?) "
             "WHERE seq > previous + 1 ORDER BY seq",
-            (device_id,),
+            (device_id, stream),
         )
         return [(int(first), int(last)) for first, last in rows]
+
+    def latest_stream(self, device_id: str) -> str | None:
+        """The stream of the device's window the fleet received last (the latest stored of
+        those received together), or None when it sent none."""
+        row = self._query_one(
+            "reading telemetry",
+            # "+" keeps SQLite on the primary key (this device's rows) rather than walking the
+            # whole received_at index backwards to the device's last window.
+            "SELECT stream FROM telemetry WHERE device_id = ? "
+            "ORDER BY +received_at DESC, rowid DESC LIMIT 1",
+            (device_id,),
+        )
+        return None if row is None else str(row[0])
 
     def telemetry_counts(self) -> dict[str, int]:
         """``{"windows": stored windows, "devices": devices that reported any}``."""

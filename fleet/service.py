@@ -5,7 +5,7 @@ The imperative shell around :mod:`edgeml.fleet.rollout`. One paho client (its ne
 only parses and queues what arrives; a thread per client is never needed, the fleet holds one
 connection), and one worker — :meth:`FleetService.run` — that owns the registry:
 
-- statuses, telemetry windows (deduplicated by device and seq) and command results are
+- statuses, telemetry windows (deduplicated by device, stream and seq) and command results are
   written in batches; a message whose device id differs from its topic's is dropped;
 - a transfer request is answered with a window of chunks of the fleet's verified copy of the
   bundle, only for an install command the fleet queued for that device, and only while its

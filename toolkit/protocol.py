@@ -53,6 +53,8 @@ MAX_MESSAGE_BYTES = 256 * 1024
 DEFAULT_CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_BYTES = 128 * 1024
 MAX_BUNDLE_BYTES = 2 * 1024**3
+STREAM_PATTERN = re.compile(r"[0-9a-f]{8,32}")
+"""A telemetry stream id: lowercase hex (a device's outbox takes 16 random digits)."""
 TRANSFER_WINDOW = 16
 """Chunks the fleet sends per transfer request: the device's flow control."""
 
@@ -161,6 +163,12 @@ def _figures(name: str, value: Any, limit: int = 4096) -> dict[str, float]:
         str(_str(f"{name} key", k, limit=256)): _number(f"{name}.{k}", v, -math.inf)
         for k, v in value.items()
     }
+
+
+def _stream(value: Any) -> str:
+    if not isinstance(value, str) or not STREAM_PATTERN.fullmatch(value):
+        raise ProtocolError(f"field 'stream' must match {STREAM_PATTERN.pattern}")
+    return value
 
 
 # ---------------------------------------------------------------------------------- messages
@@ -408,8 +416,13 @@ class CommandResult(Message):
 class TelemetryWindow(Message):
     """A device's summary of one time window: counts, latency, predictions, drift.
 
-    Never raw rows. ``seq`` numbers windows per device from 1, so the fleet can drop
-    duplicates and see gaps; ``dropped_windows`` counts windows the device's buffer had to drop.
+    Never raw rows. ``seq`` numbers windows per device *and stream* from 1, so the fleet can
+    drop duplicates and see gaps; ``stream`` (a random id the device's buffer takes when it is
+    created) changes when the buffer starts over (a re-imaged device, a lost state folder), so
+    that the new windows 1, 2, ... are not taken for duplicates of the old ones. An absent
+    ``stream`` is the empty stream ``""`` (what agents before streams send), and an empty one
+    is left out of the message. ``dropped_windows`` counts windows the device's buffer had to
+    drop.
     """
 
     TYPE: ClassVar[str] = "telemetry"
@@ -427,6 +440,13 @@ class TelemetryWindow(Message):
     predictions: dict[str, int]
     drift_psi: dict[str, float]
     dropped_windows: int = 0
+    stream: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        document = super().to_dict()
+        if not self.stream:  # the empty stream is the absent field: old receivers read it
+            del document["stream"]
+        return document
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TelemetryWindow:
@@ -445,6 +465,7 @@ class TelemetryWindow(Message):
             predictions=_counts("predictions", data.get("predictions", {})),
             drift_psi=_figures("drift_psi", data.get("drift_psi", {})),
             dropped_windows=_int("dropped_windows", data.get("dropped_windows", 0)),
+            stream=_stream(data["stream"]) if "stream" in data else "",
         )
         if window.window_end < window.window_start:
             raise ProtocolError("field 'window_end' is before 'window_start'")

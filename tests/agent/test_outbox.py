@@ -56,7 +56,7 @@ def test_sequence_numbers_start_at_one_survive_reopening_and_are_never_reused(
     with TelemetryOutbox(path) as outbox:  # every window deleted, then a restart
         assert outbox.add(window(3)) == 4
         assert outbox.last_seq == 4
-        assert outbox.migrations() == ["0001_create_windows"]
+        assert outbox.migrations() == ["0001_create_windows", "0002_add_stream"]
         stats = outbox.stats()
         assert (stats.sent_total, stats.last_sent_seq, stats.pending) == (3, 3, 1)
 
@@ -157,7 +157,7 @@ def test_the_database_is_wal_with_its_migrations_recorded(tmp_path: Path) -> Non
         applied = conn.execute(
             "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET]
         ).fetchall()
-    assert applied == [("0001_create_windows",)]
+    assert applied == [("0001_create_windows",), ("0002_add_stream",)]
 
 
 def test_bad_settings_and_bad_files_are_refused(tmp_path: Path) -> None:
@@ -280,3 +280,72 @@ def test_two_writing_processes_and_a_reader_share_the_outbox(tmp_path: Path) -> 
     reader.close()
     acknowledger.close()
     assert os.path.exists(path)
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+def test_the_stream_id_is_taken_once_stamped_on_every_window_and_kept_across_reopening(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    with TelemetryOutbox(path) as outbox:
+        stream = outbox.stream
+        assert len(stream) == 16 and int(stream, 16) >= 0
+        outbox.add_many([window(0), window(1, stream="ffffffffffffffff")])
+        assert outbox.stats().stream == stream
+        assert {e.window().stream for e in outbox.pending()} == {stream}  # replaced, not kept
+    with TelemetryOutbox(path) as outbox:
+        assert outbox.stream == stream
+        assert outbox.add(window(2)) == 3
+        assert outbox.pending()[-1].window().stream == stream
+    reader = TelemetryOutbox(path, readonly=True)
+    assert reader.stream == stream and reader.stats().stream == stream
+    reader.close()
+
+
+def test_a_recreated_outbox_is_a_new_stream_numbered_from_one(tmp_path: Path) -> None:
+    """A re-imaged device, or a state folder lost: seq starts again at 1, in a new stream."""
+    path = tmp_path / "outbox.db"
+    with TelemetryOutbox(path) as outbox:
+        old_stream = outbox.stream
+        assert outbox.add_many([window(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+    for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with TelemetryOutbox(path) as outbox:
+        assert outbox.stream != old_stream
+        assert outbox.add(window(0)) == 1
+        first = outbox.pending()[0].window()
+        assert (first.seq, first.stream) == (1, outbox.stream)
+
+
+def test_an_outbox_from_before_streams_keeps_numbering_in_the_empty_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent upgraded in place: its outbox goes on where it was, in the stream the fleet
+    already holds its windows in (``""``), so that nothing looks like a gap or a new stream;
+    its pending windows are sent as they were stored."""
+    from edgeml.agent import outbox as outbox_module
+
+    numbered, empty = tmp_path / "numbered.db", tmp_path / "empty.db"
+    monkeypatch.setattr(outbox_module, "MIGRATIONS", outbox_module.MIGRATIONS[:1])
+    with TelemetryOutbox(numbered) as old:
+        old.add_many([window(i) for i in range(3)])
+        old.mark_sent([1])
+    TelemetryOutbox(empty).close()
+    reader = TelemetryOutbox(numbered, readonly=True)  # a newer `agent status`, an older daemon
+    assert reader.stats().stream == "" and reader.stats().last_seq == 3
+    reader.close()
+    monkeypatch.undo()
+
+    with TelemetryOutbox(numbered) as outbox:
+        assert outbox.migrations() == ["0001_create_windows", "0002_add_stream"]
+        assert outbox.stream == ""
+        assert outbox.add(window(3)) == 4
+        entries = outbox.pending()
+        assert [e.seq for e in entries] == [2, 3, 4]
+        assert {e.window().stream for e in entries} == {""}
+        assert all(b"stream" not in e.payload for e in entries)
+    with TelemetryOutbox(empty) as outbox:  # never numbered a window: a stream of its own
+        assert len(outbox.stream) == 16
+        assert outbox.add(window(0)) == 1

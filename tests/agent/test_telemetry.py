@@ -189,6 +189,10 @@ def test_a_window_counts_requests_rows_errors_and_refusals() -> None:
     empty = accumulator.summary(160.0, 220.0)
     assert (empty.requests, empty.rows, empty.latency_ms, empty.drift_psi) == (0, 0, {}, {})
     assert empty.to_window("pi-0001", 8).requests == 0
+    assert empty.to_window("pi-0001", 8).stream == ""
+    streamed = empty.to_window("pi-0001", 8, stream="0123456789abcdef")
+    assert parse_message(streamed.to_bytes(), "telemetry") == streamed
+    assert streamed.stream == "0123456789abcdef"
 
 
 def test_a_window_refuses_what_is_not_its_own() -> None:

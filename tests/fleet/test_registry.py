@@ -66,7 +66,9 @@ def result(command_id: str, outcome: str = "succeeded", kind: str = "install") -
     return CommandResult(command_id, kind, outcome, 30.0, "", NEXT, NEXT, BUNDLE)
 
 
-def window(device_id: str = "pi-1", seq: int = 1, bundle_id: str | None = NEXT) -> TelemetryWindow:
+def window(
+    device_id: str = "pi-1", seq: int = 1, bundle_id: str | None = NEXT, stream: str = ""
+) -> TelemetryWindow:
     return TelemetryWindow(
         device_id=device_id,
         seq=seq,
@@ -81,6 +83,7 @@ def window(device_id: str = "pi-1", seq: int = 1, bundle_id: str | None = NEXT) 
         predictions={"0": 12, "1": 8},
         drift_psi={"mean_radius": 0.01, "__prediction__": 0.02},
         dropped_windows=0,
+        stream=stream,
     )
 
 
@@ -410,6 +413,133 @@ def test_windows_are_stored_whole_duplicates_dropped_and_gaps_reported(
             ("pi-1", 7),
             ("pi-2", 2),
         ]
+
+
+OLD_STREAM, NEW_STREAM = "0123456789abcdef", "fedcba9876543210"
+
+
+def test_the_same_seq_in_two_streams_is_two_windows_and_a_redelivery_is_dropped(
+    registry: FleetRegistry,
+) -> None:
+    """A device re-imaged (its outbox lost) numbers its windows from 1 again in a new stream:
+    stored, not taken for duplicates; a window delivered twice in one stream is dropped."""
+    assert registry.add_windows([window(seq=s, stream=OLD_STREAM) for s in (1, 2, 3)], 10.0) == 3
+    batch = [window(seq=1, stream=NEW_STREAM), window(seq=2, stream=NEW_STREAM)]
+    assert registry.add_windows([*batch, window(seq=3, stream=OLD_STREAM)], 20.0) == 2
+    assert registry.add_windows([window(seq=1, stream=NEW_STREAM)], 30.0) == 0
+    assert registry.add_windows([window(seq=1)], 30.0) == 1  # the empty stream is a third
+    assert registry.telemetry_counts() == {"windows": 6, "devices": 1}
+
+    stored = registry.windows(device_id="pi-1")
+    assert [(r.stream, r.seq) for r in stored] == [
+        ("", 1),
+        (OLD_STREAM, 1),
+        (OLD_STREAM, 2),
+        (OLD_STREAM, 3),
+        (NEW_STREAM, 1),
+        (NEW_STREAM, 2),
+    ]
+    assert stored[4].window == window(seq=1, stream=NEW_STREAM)
+    assert stored[4].received_at == 20.0  # the redelivery did not overwrite it
+    assert stored[4].to_dict()["window"]["stream"] == NEW_STREAM
+    assert "stream" not in stored[0].to_dict()["window"]
+    recent = registry.windows(received_since=20.0)
+    assert [(r.stream, r.seq) for r in recent] == [("", 1), (NEW_STREAM, 1), (NEW_STREAM, 2)]
+
+
+def test_gaps_are_per_stream_and_default_to_the_latest_stream(registry: FleetRegistry) -> None:
+    assert registry.latest_stream("pi-1") is None
+    registry.add_windows([window(seq=s, stream=OLD_STREAM) for s in (1, 2, 5, 9)], 10.0)
+    assert registry.latest_stream("pi-1") == OLD_STREAM
+    assert registry.window_gaps("pi-1") == [(3, 4), (6, 8)]
+    registry.add_windows([window(seq=s, stream=NEW_STREAM) for s in (1, 3)], 20.0)
+    assert registry.latest_stream("pi-1") == NEW_STREAM
+    assert registry.window_gaps("pi-1") == [(2, 2)]  # the new stream does not owe 4 to 8
+    assert registry.window_gaps("pi-1", OLD_STREAM) == [(3, 4), (6, 8)]
+    assert registry.window_gaps("pi-1", NEW_STREAM) == [(2, 2)]
+    assert registry.window_gaps("pi-1", "") == []
+    # The old stream's last windows arrive late (the broker kept them): the latest stream
+    # follows what arrived last.
+    registry.add_windows([window(seq=s, stream=OLD_STREAM) for s in (3, 4)], 30.0)
+    assert registry.latest_stream("pi-1") == OLD_STREAM
+    assert registry.window_gaps("pi-1") == [(6, 8)]
+    # Received together (one batch, one time): the window stored last decides.
+    registry.add_windows([window(seq=6, stream=OLD_STREAM), window(seq=2, stream=NEW_STREAM)], 40.0)
+    assert registry.latest_stream("pi-1") == NEW_STREAM
+    assert registry.window_gaps("pi-1") == []
+    assert registry.window_gaps("pi-none") == []
+
+
+def test_migrating_a_registry_from_before_streams_keeps_every_window_in_the_empty_stream(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry written at migration 0002 (telemetry keyed by device and seq) opens under
+    this edgeml: its windows are kept, in the empty stream, with their indexes."""
+    from edgeml.fleet import registry as registry_module
+
+    before_streams = [(name, f) for name, f in MIGRATIONS if name < "0003"]
+    assert [name for name, _ in before_streams] == [
+        "0001_create_registry",
+        "0002_create_enrollments",
+    ]
+    with monkeypatch.context() as patch:
+        patch.setattr(registry_module, "MIGRATIONS", tuple(before_streams))
+        with FleetRegistry.open(db_path) as old:  # what an edgeml before streams wrote
+            old.audit(1.0, "made", "before streams")
+    conn = sqlite3.connect(db_path)
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(telemetry)")]
+    assert "stream" not in columns
+    rows = [
+        ("pi-1", 1, 60.0, 120.0, NEXT, 10, 20, 1, 0, '{"p95":0.4}', '{"0":12}', "{}", 0, 0.4, 5.0),
+        ("pi-1", 2, 120.0, 180.0, NEXT, 10, 20, 1, 0, '{"p95":0.4}', '{"0":12}', "{}", 2, 0.4, 6.0),
+        ("pi-1", 4, 240.0, 300.0, NEXT, 10, 20, 1, 0, '{"p95":0.4}', '{"0":12}', "{}", 0, 0.4, 7.0),
+        ("pi-2", 1, 60.0, 120.0, BUNDLE, 3, 3, 0, 0, "{}", "{}", '{"x":0.5}', 0, None, 8.0),
+    ]
+    with conn:
+        conn.executemany(
+            "INSERT INTO telemetry (device_id, seq, window_start, window_end, bundle_id, "
+            "requests, rows, errors, contract_violations, latency_ms, predictions, drift_psi, "
+            "dropped_windows, p95_ms, received_at) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    conn.close()
+
+    with FleetRegistry.open(db_path) as registry:
+        stored = registry.windows()
+        assert [(r.device_id, r.stream, r.seq) for r in stored] == [
+            ("pi-1", "", 1),
+            ("pi-1", "", 2),
+            ("pi-1", "", 4),
+            ("pi-2", "", 1),
+        ]
+        assert stored[1].window.dropped_windows == 2 and stored[1].received_at == 6.0
+        assert stored[3].window.drift_psi == {"x": 0.5}
+        assert registry.window_gaps("pi-1") == [(3, 3)]
+        assert registry.window_gaps("pi-1", "") == [(3, 3)]
+        assert [r.device_id for r in registry.windows(bundle_id=BUNDLE)] == ["pi-2"]
+        assert [r.seq for r in registry.windows(received_since=7.0)] == [4, 1]
+        assert registry.telemetry_counts() == {"windows": 4, "devices": 2}
+        assert [e.action for e in registry.audit_log()] == ["made"]
+        # An old agent sends window 2 again: a duplicate. Re-imaged with a new agent: new.
+        assert registry.add_windows([window(seq=2), window(seq=1, stream=NEW_STREAM)], 9.0) == 1
+        assert registry.window_gaps("pi-1") == []  # the latest stream: the new one
+    conn = sqlite3.connect(db_path)
+    indexes = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'telemetry'"
+        )
+    }
+    assert {"telemetry_bundle", "telemetry_received"} <= indexes
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "telemetry_0003" not in tables
+    applied = conn.execute(
+        "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY id", [MIGRATION_SET]
+    ).fetchall()
+    assert applied == [(name,) for name, _ in MIGRATIONS]
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
 
 
 def test_p95_is_a_column_for_sql(db_path: Path) -> None:

@@ -176,3 +176,45 @@ def test_malformed_trust_commands_are_refused(fields: dict, message: str) -> Non
     payload = {"type": "command", "command_id": "t", "issued_at": 1.0, **fields}
     with pytest.raises(ProtocolError, match=message):
         parse_message(json.dumps(payload).encode(), "commands")
+
+
+# --- telemetry streams ------------------------------------------------------------------------
+
+WINDOW = TelemetryWindow(
+    "pi-1", 1, 0.0, 60.0, None, 3, 5, 0, 1, {"p50": 0.2}, {"1": 5}, {"x": 0.01}
+)
+
+
+def test_a_window_round_trips_with_its_stream() -> None:
+    window = TelemetryWindow(**{**WINDOW.__dict__, "stream": "0123456789abcdef"})
+    payload = window.to_bytes()
+    assert json.loads(payload)["stream"] == "0123456789abcdef"
+    parsed = parse_message(payload, "telemetry")
+    assert parsed == window and isinstance(parsed, TelemetryWindow)
+    assert parsed.stream == "0123456789abcdef"
+
+
+def test_a_window_without_a_stream_is_the_empty_stream_and_keeps_its_bytes() -> None:
+    """What an agent before streams sends parses, and a window of the empty stream is sent
+    without the field, so that a fleet before streams still takes it."""
+    old = WINDOW.to_dict()
+    assert "stream" not in old
+    parsed = parse_message(json.dumps(old).encode(), "telemetry")
+    assert isinstance(parsed, TelemetryWindow) and parsed.stream == "" and parsed == WINDOW
+    assert b"stream" not in WINDOW.to_bytes()
+
+
+@pytest.mark.parametrize(
+    "stream",
+    ["", "0123456", "0123456789ABCDEF", "0" * 33, "0123456789abcdeg", 12345678, None, ["ab" * 8]],
+)
+def test_a_malformed_stream_is_refused(stream: object) -> None:
+    payload = {**WINDOW.to_dict(), "stream": stream}
+    with pytest.raises(ProtocolError, match="'stream'"):
+        parse_message(json.dumps(payload).encode(), "telemetry")
+
+
+@pytest.mark.parametrize("stream", ["01234567", "0123456789abcdef", "f" * 32])
+def test_stream_ids_of_8_to_32_hex_digits_are_taken(stream: str) -> None:
+    parsed = parse_message(json.dumps({**WINDOW.to_dict(), "stream": stream}).encode())
+    assert isinstance(parsed, TelemetryWindow) and parsed.stream == stream
