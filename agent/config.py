@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from edgeml.toolkit.errors import ConfigError
-from edgeml.toolkit.protocol import DEVICE_ID_PATTERN
+from edgeml.toolkit.protocol import DEVICE_ID_PATTERN, broker_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,16 +42,15 @@ class BrokerSettings:
 
     @property
     def host(self) -> str:
-        return urlparse(self.url).hostname or "127.0.0.1"
+        return broker_address(self.url).host
 
     @property
     def port(self) -> int:
-        parsed = urlparse(self.url)
-        return parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+        return broker_address(self.url).port
 
     @property
     def tls(self) -> bool:
-        return urlparse(self.url).scheme == "mqtts"
+        return broker_address(self.url).tls
 
     def password(self) -> str | None:
         """The broker password, read from its file (first line), or None."""

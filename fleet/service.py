@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
@@ -62,6 +61,7 @@ from edgeml.toolkit.protocol import (
     Status,
     TelemetryWindow,
     TransferRequest,
+    broker_address,
     device_topic,
     parse_message,
     parse_topic,
@@ -90,16 +90,15 @@ class BrokerConnection:
 
     @property
     def host(self) -> str:
-        return urlparse(self.url).hostname or "127.0.0.1"
+        return broker_address(self.url).host
 
     @property
     def port(self) -> int:
-        parsed = urlparse(self.url)
-        return parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+        return broker_address(self.url).port
 
     @property
     def tls(self) -> bool:
-        return urlparse(self.url).scheme == "mqtts"
+        return broker_address(self.url).tls
 
 
 @dataclass

@@ -35,7 +35,8 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
+from urllib.parse import urlparse
 
 from edgeml.toolkit.errors import InputError
 from edgeml.toolkit.manifest import canonical_json
@@ -64,6 +65,31 @@ TopicKind = Literal["status", "telemetry", "events", "commands", "transfer"]
 class ProtocolError(InputError):
     """A message or topic that does not follow the protocol: malformed, oversized, wrong
     schema, or a value out of range. Receivers log it and drop the message."""
+
+
+class BrokerAddress(NamedTuple):
+    """Where a broker listens, from an ``mqtt://HOST:PORT`` or ``mqtts://HOST:PORT`` URL."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def broker_address(url: str) -> BrokerAddress:
+    """Parse a broker URL: ``mqtt://`` (port 1883 by default) or ``mqtts://`` (TLS, 8883).
+
+    Raises:
+        InputError: another scheme, no host, or a port that is not a number.
+    """
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError:
+        raise InputError(f"broker URL {url!r}: the port is not a number") from None
+    if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+        raise InputError(f"broker URL {url!r}: write mqtt://HOST:PORT or mqtts://HOST:PORT")
+    tls = parsed.scheme == "mqtts"
+    return BrokerAddress(parsed.hostname, port or (8883 if tls else 1883), tls)
 
 
 def device_topic(device_id: str, kind: TopicKind) -> str:

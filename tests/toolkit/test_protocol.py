@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgeml.toolkit.errors import InputError
 from edgeml.toolkit.protocol import (
     MAX_MESSAGE_BYTES,
+    BrokerAddress,
     Chunk,
     Command,
     CommandResult,
@@ -18,6 +20,7 @@ from edgeml.toolkit.protocol import (
     Status,
     TelemetryWindow,
     TransferRequest,
+    broker_address,
     device_topic,
     parse_message,
     parse_topic,
@@ -218,3 +221,11 @@ def test_a_malformed_stream_is_refused(stream: object) -> None:
 def test_stream_ids_of_8_to_32_hex_digits_are_taken(stream: str) -> None:
     parsed = parse_message(json.dumps({**WINDOW.to_dict(), "stream": stream}).encode())
     assert isinstance(parsed, TelemetryWindow) and parsed.stream == stream
+
+
+def test_broker_urls_parse_with_their_default_ports() -> None:
+    assert broker_address("mqtt://10.0.0.5") == BrokerAddress("10.0.0.5", 1883, False)
+    assert broker_address("mqtts://broker.example:9999") == ("broker.example", 9999, True)
+    for bad in ("http://x:1883", "mqtt://", "mqtt://host:port", "broker:1883"):
+        with pytest.raises(InputError, match="broker URL"):
+            broker_address(bad)

@@ -93,6 +93,7 @@ def serve(
 ) -> None:
     """Run the fleet service until SIGTERM or Ctrl-C: registry, transfers, rollouts."""
     from edgeml.fleet.service import BrokerConnection, FleetService
+    from edgeml.toolkit.protocol import broker_address
     from edgeml.toolkit.trust import load_trust_store
 
     logging.basicConfig(
@@ -102,6 +103,7 @@ def serve(
     password = None
     if password_file is not None:
         password = password_file.read_text(encoding="utf-8").splitlines()[0].strip()
+    broker_address(broker)  # a malformed --broker is bad usage (exit 2), not a hang
     connection = BrokerConnection(
         broker, username, password, ca_file, cert_file, key_file, client_id="edgeml-fleet"
     )
