@@ -1,26 +1,7 @@
 """Installing a bundle on a device: the shell that runs the install state machine on disk.
 
-The machine (:func:`edgeml.agent.install_machine.step`) holds every decision of the install
-lifecycle, like h11's ``_state.py`` or python-tuf's ``trusted_metadata_set``:
-``step(state, event) -> (state, actions)``, with no disk, no clock and no onnxruntime inside.
-An event that is not allowed in the current phase raises ``IllegalTransition`` and changes
-nothing (states are frozen)::
-
-    idle ─Receive─► received ─Verified─► verified ─Unpacked─► unpacked ─SelfTestPassed─► self-tested
-     ▲                 │  (refused: profile,  │                   │                          │
-     │                 │   downgrade, replay) │                   │                       Switched
-     │                 ▼                      ▼                   ▼                          ▼
-     │               failed(reason) ◄──Fail───┴───────Fail────────┴───────Fail─────────  activated
-     └───────────────────── Finish ──────────────────────────────────────────────────────────┘
-
-A failure in any phase before ``Switched`` leaves the active bundle as it was: the active
-pointer changes only on ``Switched``, and ``Switched`` is allowed only after ``SelfTestPassed``.
-
-Admission (:func:`refusal`) is decided once the verified bundle is known: a bundle for another
-hardware profile is refused (no mix-and-match); within one lineage (same name and profile) a
-version lower than the one last activated is refused, and so is the same version with other
-content, unless the install is an allowed rollback to the ``previous`` bundle the device holds.
-Versions compare by their dotted numbers, then their suffix (:func:`version_key`).
+The decisions (phases, admission: no mix-and-match, no downgrade, no replay) are the pure
+machine's, :mod:`edgeml.agent.install_machine`; this module carries out its actions.
 
 The shell (:func:`install_bundle`, :func:`rollback`, :func:`recover`) runs the machine under
 the install lock: it copies the bundle into a staging folder, verifies the copy, unpacks it,
