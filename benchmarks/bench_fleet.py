@@ -35,9 +35,22 @@ Three measurements, in one run:
    stop, and then the fleet alone, and after it the bare subscriber alone, drain the queue:
    windows per second from the first window counted to the last.
 
+4. **Load with misbehaving devices** (issue 7): the same devices send a window every
+   :attr:`FleetScale.load_interval_s` while a second bundle (the same model, version 1.1.0) is
+   rolled out in stages with a short soak and the health gates on, and a few devices
+   misbehave (:class:`edgeml.fleet.simulator.Misbehaviour`): some send garbage (malformed,
+   oversized, wrong schema, huge numbers, another device's id, duplicates, bogus transfer
+   requests, forged results), some drop their connection abruptly every second or two and
+   reconnect at once, a few send windows far faster than their interval. Measured: the
+   rollout's time to ``succeeded`` (against the clean one of step 1), windows offered
+   against stored per second and the backlog, what the fleet logged as dropped, and the
+   fleet's RSS sampled every second over the whole phase (bounded means no upward trend in
+   the second half). The bare subscriber is stopped first: a subscriber that only
+   ``json.loads`` every message would die on the first garbage.
+
 CPU is utime + stime from ``/proc/PID/stat`` over each span (the simulator's: its driver
-thread's CPU time); memory is ``VmRSS`` sampled every half second and the lifetime peak
-``VmHWM`` from ``/proc/PID/status``.
+thread's CPU time); memory is ``VmRSS`` sampled every half second (every second in step 4)
+and the lifetime peak ``VmHWM`` from ``/proc/PID/status``.
 """
 
 from __future__ import annotations
@@ -59,12 +72,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import paho.mqtt.client as mqtt
 from reference_models import REFERENCE_SPECS, train_reference_model
 
 from edgeml.converters.pipeline import BuildRequest, build_bundles
 from edgeml.fleet.registry import FleetRegistry
 from edgeml.fleet.simulator import (
+    DROPPED_GARBAGE,
     DeviceSimulator,
+    Misbehaviour,
     SimulatedDevice,
     make_devices,
     raise_open_file_limit,
@@ -79,6 +95,9 @@ STAGES = "1,10%,50%,100%"
 BASE_BUNDLE = f"base-0.9.0-{PROFILE}"
 """What the simulated devices run before the rollout: a bundle the fleet never published."""
 SAMPLE_EVERY_S = 0.5
+LOAD_SAMPLE_EVERY_S = 1.0
+LOAD_VERSION = "1.1.0"
+"""The second bundle, rolled out under load: the same model, a new version."""
 _TELEMETRY = subscription("telemetry")
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -134,6 +153,18 @@ class FleetScale:
     drain_fill_s: float = 20.0
     connect_rate: float = 1000.0
     tick_s: float = 1.0
+    load_interval_s: float = 1.0
+    load_before_s: float = 10.0
+    load_after_s: float = 20.0
+    load_soak_s: float = 2.0
+    load_rollout_timeout_s: float = 45.0
+    load_catch_up_timeout_s: float = 30.0
+    garbage_devices: int = 20
+    garbage_per_s: float = 20.0
+    storm_devices: int = 20
+    reconnect_every_s: float = 1.5
+    flood_devices: int = 5
+    flood_windows_per_s: float = 20.0
 
     @classmethod
     def quick(cls) -> FleetScale:
@@ -146,6 +177,11 @@ class FleetScale:
             catch_up_timeout_s=30.0,
             drain_fill_s=10.0,
             rollout_timeout_s=120.0,
+            load_before_s=4.0,
+            load_after_s=8.0,
+            garbage_devices=4,
+            storm_devices=4,
+            flood_devices=1,
         )
 
     @property
@@ -265,6 +301,134 @@ class DrainFigures:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One second of the load phase: the fleet's and the broker's memory and CPU, and the
+    windows offered and stored so far in the phase."""
+
+    t_s: float
+    fleet_rss_mib: float
+    broker_rss_mib: float
+    fleet_cpu_s: float
+    offered: int
+    stored: int
+
+
+@dataclass(frozen=True)
+class LoadFigures:
+    """Telemetry from every device while a rollout runs and some devices misbehave."""
+
+    interval_s: float
+    soak_s: float
+    garbage_devices: int
+    garbage_per_s: float
+    storm_devices: int
+    reconnect_every_s: float
+    flood_devices: int
+    flood_windows_per_s: float
+    bundle_id: str
+    state: str
+    seconds: float
+    document_s: float | None
+    stages: tuple[StageTiming, ...]
+    rollout_from_s: float
+    rollout_to_s: float
+    aborted: bool
+    baseline_windows: int
+    device_states: dict[str, int]
+    misbehaving_installed: dict[str, tuple[int, int]]
+    span_s: float
+    offered: int
+    stored: int
+    offered_per_s: float
+    stored_per_s: float
+    backlog_end: int
+    backlog_max: int
+    catch_up_s: float | None
+    missing: int
+    windows_dropped: int
+    garbage_sent: int
+    garbage_by_kind: dict[str, int]
+    garbage_to_drop: int
+    logged_dropped: int
+    logged_foreign: int
+    logged_bogus_transfers: int
+    logged_errors: int
+    connection_drops: int
+    reconnects: int
+    fleet_alive: bool
+    fleet: ProcessFigures
+    broker: ProcessFigures
+    simulator_cpu_s: float
+    samples: tuple[Sample, ...]
+
+    @property
+    def rss_start_mib(self) -> float:
+        return self.samples[0].fleet_rss_mib if self.samples else float("nan")
+
+    @property
+    def rss_end_mib(self) -> float:
+        return self.samples[-1].fleet_rss_mib if self.samples else float("nan")
+
+    @property
+    def rss_max_mib(self) -> float:
+        return max((s.fleet_rss_mib for s in self.samples), default=float("nan"))
+
+    @property
+    def rss_rollout_max_mib(self) -> float:
+        """The fleet's highest RSS sampled while the rollout ran."""
+        during = [s.fleet_rss_mib for s in self.samples if self._during_rollout(s)]
+        return max(during, default=float("nan"))
+
+    def _during_rollout(self, sample: Sample) -> bool:
+        return self.rollout_from_s <= sample.t_s <= self.rollout_to_s + LOAD_SAMPLE_EVERY_S
+
+    def steady(self) -> tuple[Sample, ...]:
+        """The samples after the rollout ended (the misbehaving devices still at it)."""
+        return tuple(s for s in self.samples if s.t_s > self.rollout_to_s + LOAD_SAMPLE_EVERY_S)
+
+    @property
+    def rss_slope_mib_per_min(self) -> float | None:
+        """The least-squares slope of the fleet's RSS after the rollout, MiB per minute."""
+        return _slope([(s.t_s, s.fleet_rss_mib) for s in self.steady()])
+
+    @property
+    def rss_bounded(self) -> bool | None:
+        """No upward trend after the rollout: growing less than 2 MiB per minute, or less
+        than 2 MiB from the first sample to the last (None: too few samples to say)."""
+        steady = self.steady()
+        slope = self.rss_slope_mib_per_min
+        if slope is None or len(steady) < 5:
+            return None
+        return slope < 2.0 or steady[-1].fleet_rss_mib - steady[0].fleet_rss_mib < 2.0
+
+    @property
+    def kept_up(self) -> bool:
+        """Every window offered stored, and the backlog never more than two seconds' worth."""
+        return self.missing == 0 and self.backlog_max <= 2 * self.offered_per_s
+
+    @property
+    def backlog_max_at_s(self) -> float | None:
+        """When the backlog was highest (seconds into the phase)."""
+        if not self.samples:
+            return None
+        return max(self.samples, key=lambda s: s.offered - s.stored).t_s
+
+
+def _slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MiB) points, in MiB per minute."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
+    return cov / var * 60.0
+
+
+@dataclass(frozen=True)
 class FleetBenchmark:
     """What the fleet benchmark measured."""
 
@@ -279,6 +443,7 @@ class FleetBenchmark:
     ingest: tuple[IngestFigures, ...]
     telemetry_devices: int
     drain: DrainFigures
+    load: LoadFigures
     fleet_peak_mib: float
     broker_peak_mib: float
     children_cpu_s: float
@@ -432,6 +597,19 @@ class _BareSubscriber:
             self.process.wait()
 
 
+def _end_session(port: int, client_id: str) -> None:
+    """Discard a persistent session at the broker: connect with its client id and a clean
+    session, then disconnect."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        _wait_for(client.is_connected, 10, f"{client_id} did not reconnect")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def _edgeml(*args: str) -> Any:
     """Run an ``edgeml`` command with ``--json``; its document."""
     done = subprocess.run([EDGEML, *args, "--json"], capture_output=True, text=True, check=False)
@@ -464,6 +642,14 @@ class _Registry:
 
     def windows(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+
+    def windows_of(self, bundle_id: str, since: float) -> int:
+        """Windows served by ``bundle_id`` that the fleet received since ``since``."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM telemetry WHERE bundle_id = ? AND received_at >= ?",
+            (bundle_id, since),
+        ).fetchone()
+        return int(row[0])
 
     def online_devices(self) -> int:
         row = self.conn.execute("SELECT count(*) FROM devices WHERE online = 1").fetchone()
@@ -647,27 +833,288 @@ def _measure_ingest(
     return figures_ingest
 
 
-def _build_bundle(work: Path, log: Callable[[str], None]) -> tuple[Path, Path]:
+# ------------------------------------------------------------------------------ load
+
+
+ROLES = ("garbage", "storm", "flood")
+
+
+def misbehaving_devices(
+    devices: list[SimulatedDevice], scale: FleetScale
+) -> dict[str, tuple[str, Misbehaviour]]:
+    """Which devices misbehave, and how: spread evenly over the devices that are not canaries,
+    the roles interleaved (device id to role and :class:`Misbehaviour`)."""
+    how = {
+        "garbage": Misbehaviour(garbage_per_s=scale.garbage_per_s),
+        "storm": Misbehaviour(reconnect_every_s=scale.reconnect_every_s),
+        "flood": Misbehaviour(flood_windows_per_s=scale.flood_windows_per_s),
+    }
+    counts = {
+        "garbage": scale.garbage_devices,
+        "storm": scale.storm_devices,
+        "flood": scale.flood_devices,
+    }
+    order = sorted(
+        ((k / n, ROLES.index(role), role) for role, n in counts.items() for k in range(n)),
+    )
+    pool = devices[scale.canaries :]
+    if len(order) > len(pool):
+        raise ValueError(f"{len(order)} misbehaving devices, but only {len(pool)} non-canaries")
+    step = len(pool) / len(order) if order else 1.0
+    chosen = {}
+    for slot, (_, _, role) in enumerate(order):
+        device = pool[int(slot * step + step / 2)]
+        chosen[device.device_id] = (role, how[role])
+    return chosen
+
+
+class _Timeline:
+    """Every second, from its own thread: the fleet's and the broker's RSS, the fleet's CPU,
+    and the windows offered (by ``offered()``) and stored (in the registry) since ``stored_0``."""
+
+    def __init__(
+        self, db: Path, fleet_pid: int, broker_pid: int, offered: Callable[[], int], stored_0: int
+    ) -> None:
+        self._args = (db, fleet_pid, broker_pid, offered, stored_0)
+        self.samples: list[Sample] = []
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db, fleet_pid, broker_pid, offered, stored_0 = self._args
+        registry = _Registry(db)  # SQLite connections stay in the thread that opened them
+        try:
+            while True:
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    self.samples.append(
+                        Sample(
+                            t_s=round(time.monotonic() - self.started, 2),
+                            fleet_rss_mib=round(_memory_mib(fleet_pid)[0], 1),
+                            broker_rss_mib=round(_memory_mib(broker_pid)[0], 1),
+                            fleet_cpu_s=round(_cpu_s(fleet_pid), 2),
+                            offered=offered(),
+                            stored=registry.windows() - stored_0,
+                        )
+                    )
+                if self._stop.wait(LOAD_SAMPLE_EVERY_S):
+                    return
+        finally:
+            registry.close()
+
+    def stop(self) -> tuple[Sample, ...]:
+        self._stop.set()
+        self._thread.join()
+        return tuple(self.samples)
+
+
+def _count_lines(path: Path, offset: int) -> dict[str, int]:
+    """What the fleet logged from byte ``offset`` on: messages it dropped (malformed, or
+    naming another device), transfer requests under commands it never sent, errors."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read().decode("utf-8", "replace")
+    counts = {"dropped": 0, "foreign": 0, "bogus": 0, "errors": 0}
+    for line in text.splitlines():
+        if "dropped a message" in line:
+            counts["dropped"] += 1
+        elif "dropped a " in line and "naming device" in line:
+            counts["foreign"] += 1
+        elif "the fleet did not send it" in line:
+            counts["bogus"] += 1
+        if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+            counts["errors"] += 1
+    return counts
+
+
+def _measure_load(
+    port: int,
+    devices: list[SimulatedDevice],
+    fleet: _Fleet,
+    broker_pid: int,
+    db: Path,
+    registry: _Registry,
+    bundle_id: str,
+    previous_bundle_id: str,
+    scale: FleetScale,
+    log: Callable[[str], None],
+) -> LoadFigures:
+    roles = misbehaving_devices(devices, scale)
+    log(
+        f"load: {len(devices)} devices send a window every {scale.load_interval_s:g} s while "
+        f"{bundle_id} rolls out (soak {scale.load_soak_s:g} s); {scale.garbage_devices} send "
+        f"garbage ({scale.garbage_per_s:g}/s each), {scale.storm_devices} reconnect every "
+        f"~{scale.reconnect_every_s:g} s, {scale.flood_devices} send "
+        f"{scale.flood_windows_per_s:g} windows/s"
+    )
+    log_offset = fleet.log_path.stat().st_size
+    stored_0 = registry.windows()
+    baseline_windows = registry.windows_of(previous_bundle_id, since=time.time() - 3600)
+    simulator = DeviceSimulator(
+        "127.0.0.1",
+        port,
+        devices,
+        telemetry_interval_s=scale.load_interval_s,
+        connect_rate=scale.connect_rate,
+        misbehaviour={device_id: how for device_id, (_, how) in roles.items()},
+    )
+    span = _Span({"fleet": fleet.pid, "broker": broker_pid})
+    timeline = _Timeline(db, fleet.pid, broker_pid, lambda: simulator.windows_sent, stored_0)
+    started = time.monotonic()
+    try:
+        simulator.start()
+        if not simulator.wait_connected(timeout=60):
+            raise RuntimeError(f"only {simulator.connected} of {len(devices)} devices connected")
+        time.sleep(scale.load_before_s)
+        rollout_started = time.monotonic()
+        rollout_from = rollout_started - timeline.started
+        rollout_id = _edgeml(
+            "fleet", "rollout", "start", bundle_id, "--db", str(db), "--stages", STAGES,
+            "--soak", f"{scale.load_soak_s:g}",
+        )["rollout_id"]  # fmt: skip
+        state = registry.rollout_state(rollout_id)
+        deadline = rollout_started + scale.load_rollout_timeout_s
+        while state in ("running", "waiting-approval", "paused") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            state = registry.rollout_state(rollout_id)
+        rollout_s = time.monotonic() - rollout_started
+        rollout_to = time.monotonic() - timeline.started
+        log(f"  rollout {rollout_id}: {state} after {rollout_s:.1f} s under load")
+        aborted = state in ("running", "waiting-approval", "paused")
+        if aborted:  # the rest of the phase measures the misbehaving devices alone
+            log("  aborting it: the rest of the phase goes on without a rollout")
+            subprocess.run(
+                [EDGEML, "fleet", "rollout", "abort", rollout_id, "--db", str(db),
+                 "--reason", "the benchmark's time-out under load"],
+                capture_output=True, check=True,
+            )  # fmt: skip
+        time.sleep(scale.load_after_s)
+        sent_end, stored_end = simulator.windows_sent, registry.windows() - stored_0
+        wall = time.monotonic() - started
+        samples = timeline.stop()
+        figures = span.end()
+    finally:
+        timeline.stop()
+        stopped = time.monotonic()
+        simulator.stop()
+    counters = simulator.counters()  # what was sent until the end, garbage included
+    by_kind = dict(simulator.garbage_by_kind)
+    offered = int(simulator.windows_sent)
+    catch_up: float | None = None
+    while time.monotonic() < stopped + scale.load_catch_up_timeout_s:
+        if registry.windows() - stored_0 >= offered:
+            catch_up = round(time.monotonic() - stopped, 2)
+            break
+        time.sleep(0.1)
+    stored = registry.windows() - stored_0
+    lines = _count_lines(fleet.log_path, log_offset)
+    with FleetRegistry.open(db) as fleet_registry:
+        from edgeml.fleet.operations import rollout_status
+
+        document = rollout_status(fleet_registry, rollout_id)
+    states: dict[str, int] = {}
+    for entry in document["devices"]:
+        states[entry["state"]] = states.get(entry["state"], 0) + 1
+    entries = {entry["device_id"]: entry for entry in document["devices"]}
+    installed = {
+        role: (
+            sum(
+                entries.get(d, {}).get("state") == "installed"
+                for d, (r, _) in roles.items()
+                if r == role
+            ),
+            sum(r == role for r, _ in roles.values()),
+        )
+        for role in ROLES
+    }
+    finished = [s["finished_at"] for s in document["stages"] if s.get("finished_at")]
+    first, last = (samples[0], samples[-1]) if samples else (None, None)
+    rate_s = (last.t_s - first.t_s) if first and last and last.t_s > first.t_s else None
+    result = LoadFigures(
+        interval_s=scale.load_interval_s,
+        soak_s=scale.load_soak_s,
+        garbage_devices=scale.garbage_devices,
+        garbage_per_s=scale.garbage_per_s,
+        storm_devices=scale.storm_devices,
+        reconnect_every_s=scale.reconnect_every_s,
+        flood_devices=scale.flood_devices,
+        flood_windows_per_s=scale.flood_windows_per_s,
+        bundle_id=bundle_id,
+        state=str(state),
+        seconds=round(rollout_s, 2),
+        document_s=round(max(finished) - document["created_at"], 2) if finished else None,
+        stages=_stage_timings(document),
+        rollout_from_s=round(rollout_from, 2),
+        rollout_to_s=round(rollout_to, 2),
+        aborted=aborted,
+        baseline_windows=baseline_windows,
+        device_states=states,
+        misbehaving_installed=installed,
+        span_s=round(wall, 2),
+        offered=offered,
+        stored=stored,
+        offered_per_s=round((last.offered - first.offered) / rate_s, 1) if rate_s else 0.0,
+        stored_per_s=round((last.stored - first.stored) / rate_s, 1) if rate_s else 0.0,
+        backlog_end=sent_end - stored_end,
+        backlog_max=max((s.offered - s.stored for s in samples), default=0),
+        catch_up_s=catch_up,
+        missing=max(0, offered - stored),
+        windows_dropped=int(counters["windows_dropped"]),
+        garbage_sent=int(counters["garbage_sent"]),
+        garbage_by_kind=by_kind,
+        garbage_to_drop=sum(n for kind, n in by_kind.items() if kind in DROPPED_GARBAGE),
+        logged_dropped=lines["dropped"],
+        logged_foreign=lines["foreign"],
+        logged_bogus_transfers=lines["bogus"],
+        logged_errors=lines["errors"],
+        connection_drops=int(counters["connection_drops"]),
+        reconnects=int(counters["reconnects"]),
+        fleet_alive=fleet.process.poll() is None,
+        fleet=figures["fleet"],
+        broker=figures["broker"],
+        simulator_cpu_s=round(float(counters["driver_cpu_s"]), 2),
+        samples=samples,
+    )
+    log(
+        f"  offered {result.offered_per_s:,.0f}/s, stored {result.stored_per_s:,.0f}/s, "
+        f"backlog at the end {result.backlog_end:,}, missing {result.missing:,}; fleet RSS "
+        f"{result.rss_start_mib:.1f} -> max {result.rss_max_mib:.1f} -> {result.rss_end_mib:.1f}"
+        f" MiB (after the rollout {_n_slope(result.rss_slope_mib_per_min)} MiB/min)"
+    )
+    return result
+
+
+def _n_slope(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
+def _build_bundle(work: Path, log: Callable[[str], None]) -> tuple[Path, Path, Path]:
+    """The reference MLP built for raspberry-pi-4 as version 1.0.0 and as
+    :data:`LOAD_VERSION`, and the public key that signed both."""
     spec = next(s for s in REFERENCE_SPECS if s.kind == "mlp")
-    log("training the reference MLP and building it for raspberry-pi-4")
+    log("training the reference MLP and building it for raspberry-pi-4 (two versions)")
     model = train_reference_model(spec, work / "model")
     generate_key_pair(work / "keys", "bench")
-    result = build_bundles(
-        BuildRequest(
-            model_path=model.model_path,
-            profiles=[load_profile(PROFILE)],
-            signing_key=load_private_key(work / "keys" / "bench.key"),
-            out_dir=work / "bundles",
-            validation_path=model.validation_path,
-            target="target",
-            name="mlp",
-            version="1.0.0",
+    bundles = []
+    for version in ("1.0.0", LOAD_VERSION):
+        result = build_bundles(
+            BuildRequest(
+                model_path=model.model_path,
+                profiles=[load_profile(PROFILE)],
+                signing_key=load_private_key(work / "keys" / "bench.key"),
+                out_dir=work / "bundles",
+                validation_path=model.validation_path,
+                target="target",
+                name="mlp",
+                version=version,
+            )
         )
-    )
-    bundle = result.builds[0].bundle_path
-    if bundle is None:
-        raise RuntimeError("the reference bundle was refused by its gates")
-    return bundle, work / "keys" / "bench.pub"
+        bundle = result.builds[0].bundle_path
+        if bundle is None:
+            raise RuntimeError("the reference bundle was refused by its gates")
+        bundles.append(bundle)
+    return bundles[0], bundles[1], work / "keys" / "bench.pub"
 
 
 class _Fleet:
@@ -800,11 +1247,12 @@ def run_fleet_benchmark(
     """Measure a rollout to ``scale.devices`` simulated devices and the telemetry ingest."""
     started_all = time.monotonic()
     children_before = _children_cpu_s()
-    bundle, trust = _build_bundle(work, log)
+    bundle, load_bundle, trust = _build_bundle(work, log)
     db = work / "fleet.db"
-    bundle_id = _edgeml("fleet", "publish", str(bundle), "--db", str(db), "--trust", str(trust))[
-        "bundle_id"
-    ]
+    bundle_id, load_bundle_id = (
+        _edgeml("fleet", "publish", str(path), "--db", str(db), "--trust", str(trust))["bundle_id"]
+        for path in (bundle, load_bundle)
+    )
     bundle_bytes = bundle.stat().st_size
     raise_open_file_limit()  # the broker inherits it
     broker, port = _start_broker(work)
@@ -854,6 +1302,12 @@ def run_fleet_benchmark(
             port, devices, fleet, bare, registry, start_fleet, scale, log
         )
         broker_peak = _memory_mib(broker.pid)[1]
+        bare.close()  # garbage on the telemetry topics would stop its json.loads
+        bare = None
+        _end_session(port, "bench-bare")  # else the broker queues every window for it
+        load = _measure_load(
+            port, devices, fleet, broker.pid, db, registry, load_bundle_id, bundle_id, scale, log
+        )
     finally:
         if simulator is not None:
             simulator.stop()
@@ -878,6 +1332,7 @@ def run_fleet_benchmark(
         rollout=rollout,
         ingest=ingest,
         drain=drain,
+        load=load,
         telemetry_devices=telemetry_devices,
         fleet_peak_mib=round(fleet_peak, 1),
         broker_peak_mib=round(broker_peak, 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench_fleet import STAGES, FleetBenchmark, IngestFigures, ProcessFigures
+from bench_fleet import STAGES, FleetBenchmark, IngestFigures, LoadFigures, ProcessFigures
 from machine import Environment
 from rich.table import Table
 
@@ -167,6 +167,274 @@ def drain_rows(b: FleetBenchmark) -> list[tuple[str, str, str]]:
     ]
 
 
+GARBAGE_NOTES = {
+    "not-json": "not UTF-8 JSON",
+    "oversized": "300 KiB",
+    "wrong-schema": "wrong schema",
+    "huge-number": "huge numbers",
+    "foreign-device": "another device's id",
+    "duplicate-window": "a window again",
+    "bogus-transfer": "transfer request, no command",
+    "forged-result": "forged result",
+}
+MALFORMED = ("not-json", "oversized", "wrong-schema", "huge-number")
+
+
+def _expected(load: LoadFigures, *kinds: str) -> int:
+    return sum(load.garbage_by_kind.get(kind, 0) for kind in kinds)
+
+
+def _slope_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f} MiB/min"
+
+
+def _bounded_text(load: LoadFigures) -> str:
+    verdict = load.rss_bounded
+    if verdict is None:
+        return "not judged (too few samples after the rollout)"
+    return "yes" if verdict else "**no: it kept growing**"
+
+
+def _after(load: LoadFigures) -> str:
+    """What "after the rollout" means when the benchmark had to abort it."""
+    return " (here: after the benchmark asked to abort it)" if load.aborted else ""
+
+
+def _rss_series(load: LoadFigures, every_s: float = 5.0) -> str:
+    """The fleet's RSS about every ``every_s`` seconds, in MiB."""
+    picked, next_t = [], 0.0
+    for sample in load.samples:
+        if sample.t_s >= next_t:
+            picked.append(f"{sample.fleet_rss_mib:.0f}")
+            next_t = sample.t_s + every_s - 0.5
+    return ", ".join(picked)
+
+
+def load_rows(b: FleetBenchmark) -> list[tuple[str, str]]:
+    """(figure, measured) rows of the load phase with misbehaving devices."""
+    load = b.load
+    clean = b.rollout
+    steady = load.steady()
+    rollout = f"**{load.seconds:.2f} s**, {load.state}"
+    if load.aborted:
+        rollout = (
+            f"**not finished within {load.seconds:.0f} s** ({load.state}); aborted by the benchmark"
+        )
+    states = ", ".join(f"{n:,} {state}" for state, n in sorted(load.device_states.items()))
+    installed = "; ".join(
+        f"{role}: {done} of {total}"
+        for role, (done, total) in load.misbehaving_installed.items()
+        if total
+    )
+    kinds = ", ".join(
+        f"{GARBAGE_NOTES.get(kind, kind)} {n:,}" for kind, n in load.garbage_by_kind.items()
+    )
+    rows = [
+        (
+            "devices",
+            f"{b.scale.devices:,}, each a window every {load.interval_s:g} s "
+            f"({b.scale.devices / load.interval_s:,.0f}/s nominal)",
+        ),
+        (
+            "misbehaving",
+            f"{load.garbage_devices} send garbage, {load.garbage_per_s:g} messages/s each; "
+            f"{load.storm_devices} drop their connection every "
+            f"{load.reconnect_every_s / 2:g} to {load.reconnect_every_s * 1.5:g} s and reconnect "
+            f"at once; {load.flood_devices} send {load.flood_windows_per_s:g} windows/s",
+        ),
+        (
+            "`edgeml fleet rollout start` to `succeeded`, under load",
+            f"{rollout} (the clean rollout above: {clean.seconds:.2f} s, zero soak)",
+        ),
+        ("rollout created to its last stage passed (its stage log)", _s(load.document_s)),
+    ]
+    for stage in load.stages:
+        rows.append(
+            (
+                f"stage {stage.index + 1} (`{stage.size}`): {_n(stage.devices)} devices in all",
+                f"{_s(stage.seconds)}, {stage.outcome}",
+            )
+        )
+    rows += [
+        ("the rollout's devices at the end", states or "—"),
+        ("misbehaving devices that installed", installed or "—"),
+        (
+            "windows of the previous bundle received in the hour before the rollout",
+            f"{load.baseline_windows:,}",
+        ),
+        (
+            "**windows offered / stored per second** (first to last sample)",
+            f"**{load.offered_per_s:,.0f}/s / {load.stored_per_s:,.0f}/s**",
+        ),
+        (
+            "backlog (offered, not yet stored): at the end / highest sampled",
+            f"{load.backlog_end:,} / {load.backlog_max:,} windows",
+        ),
+        (
+            "after the devices stopped: every window stored",
+            f"{_s(load.catch_up_s)}"
+            + (f"; **{load.missing:,} of {load.offered:,} missing**" if load.missing else "")
+            + f" ({load.offered:,} windows in the phase)",
+        ),
+        ("windows the devices' clients dropped (queue full)", f"{load.windows_dropped:,}"),
+        ("garbage sent, by kind", f"{load.garbage_sent:,}: {kinds}"),
+        (
+            "the fleet logged as dropped: malformed / naming another device",
+            f"{load.logged_dropped:,} (sent {_expected(load, *MALFORMED):,}) / "
+            f"{load.logged_foreign:,} (sent {_expected(load, 'foreign-device'):,})",
+        ),
+        (
+            "transfer requests refused (no such command)",
+            f"{load.logged_bogus_transfers:,} (sent {_expected(load, 'bogus-transfer'):,})",
+        ),
+        (
+            "connections dropped / reconnected",
+            f"{load.connection_drops:,} / {load.reconnects:,}",
+        ),
+        (
+            "fleet service at the end",
+            ("running" if load.fleet_alive else "**exited**")
+            + f", {load.logged_errors} errors logged",
+        ),
+        ("fleet service CPU", _cores(load.fleet)),
+        ("Mosquitto CPU", _cores(load.broker)),
+        (
+            "simulator CPU (its driver thread)",
+            f"{load.simulator_cpu_s / load.span_s:.2f} cores ({load.simulator_cpu_s:.2f} s)",
+        ),
+        (
+            "**fleet service RSS**: start / highest during the rollout / highest / end",
+            f"**{load.rss_start_mib:.1f} / {load.rss_rollout_max_mib:.1f} / "
+            f"{load.rss_max_mib:.1f} / {load.rss_end_mib:.1f} MiB**",
+        ),
+        (
+            f"fleet service RSS after the rollout{_after(load)} ({len(steady)} samples): trend; "
+            "bounded",
+            f"{_slope_text(load.rss_slope_mib_per_min)}; {_bounded_text(load)}",
+        ),
+        ("fleet service RSS about every 5 s (MiB)", _rss_series(load)),
+        (
+            "Mosquitto RSS: start / end",
+            (
+                f"{load.samples[0].broker_rss_mib:.1f} / {load.samples[-1].broker_rss_mib:.1f} MiB"
+                if load.samples
+                else "—"
+            ),
+        ),
+    ]
+    return rows
+
+
+def load_findings(b: FleetBenchmark) -> list[str]:
+    """What the load phase's figures say."""
+    load = b.load
+    lines = []
+    if load.state == "succeeded":
+        floor = len(load.stages) * (load.soak_s + b.scale.tick_s)
+        lines.append(
+            f"Under load, with {load.garbage_devices + load.storm_devices + load.flood_devices} "
+            f"devices misbehaving, the rollout of `{load.bundle_id}` succeeded in "
+            f"{load.seconds:.1f} s, against {b.rollout.seconds:.1f} s for the clean rollout "
+            f"with zero soak and no health figures needed; {len(load.stages)} stages with a "
+            f"{load.soak_s:g} s soak take at least about {floor:g} s."
+        )
+    else:
+        lines.append(
+            f"**Under load the rollout of `{load.bundle_id}` did not succeed**: "
+            f"`{load.state}` after {load.seconds:.0f} s"
+            + (" (the benchmark aborted it)" if load.aborted else "")
+            + f". The registry held {load.baseline_windows:,} windows of the previous bundle "
+            "from the hour before, the span the service reads for each device's latency "
+            "baseline."
+        )
+    if load.kept_up:
+        lines.append(
+            f"The fleet kept up: {load.stored_per_s:,.0f} windows stored per second against "
+            f"{load.offered_per_s:,.0f} offered, every one of the {load.offered:,} windows "
+            f"stored {_s(load.catch_up_s)} after the devices stopped, on "
+            f"{load.fleet.cores:.2f} cores."
+        )
+    else:
+        at = load.backlog_max_at_s
+        when = ""
+        if at is not None:
+            during = load.rollout_from_s <= at <= load.rollout_to_s
+            when = f", {at:.0f} s into the phase{', while the rollout ran' if during else ''}"
+        seconds = load.backlog_max / load.offered_per_s if load.offered_per_s else 0.0
+        lines.append(
+            f"**The fleet fell behind**: up to {load.backlog_max:,} windows "
+            f"({seconds:.0f} s of telemetry) waited to be stored{when}; "
+            f"{load.backlog_end:,} at the end of the phase "
+            f"({load.stored_per_s:,.0f} stored per second against {load.offered_per_s:,.0f} "
+            "offered over the whole phase), "
+            + (
+                f"all stored {_s(load.catch_up_s)} after the devices stopped."
+                if load.missing == 0
+                else f"and {load.missing:,} still not stored "
+                f"{b.scale.load_catch_up_timeout_s:g} s after the devices stopped."
+            )
+        )
+    malformed, foreign = _expected(load, *MALFORMED), _expected(load, "foreign-device")
+    if (load.logged_dropped, load.logged_foreign) == (malformed, foreign):
+        lines.append(
+            f"Every malformed message ({malformed:,}) and every window naming another device "
+            f"({foreign:,}) was dropped and logged; duplicates were stored once, and transfer "
+            f"requests under commands never sent got no chunk "
+            f"({load.logged_bogus_transfers:,} logged)"
+            + (
+                f"; {_expected(load, 'forged-result'):,} forged results did not keep the "
+                "rollout from succeeding."
+                if load.state == "succeeded"
+                else "."
+            )
+        )
+    else:
+        lines.append(
+            f"The fleet logged {load.logged_dropped:,} malformed messages dropped "
+            f"(sent {malformed:,}) and {load.logged_foreign:,} windows naming another device "
+            f"(sent {foreign:,})."
+        )
+    verdict = load.rss_bounded
+    slope = load.rss_slope_mib_per_min
+    grew = load.rss_rollout_max_mib > 2 * load.rss_start_mib
+    memory = (
+        f"The fleet's RSS went from {load.rss_start_mib:,.0f} MiB to at most "
+        f"{load.rss_max_mib:,.0f} MiB "
+        + (
+            f"(**{load.rss_rollout_max_mib:,.0f} MiB while the rollout ran**) "
+            if grew
+            else f"({load.rss_rollout_max_mib:,.0f} MiB while the rollout ran) "
+        )
+        + f"and ended at {load.rss_end_mib:,.0f} MiB"
+    )
+    after = (
+        "after the benchmark asked to abort the rollout (the service acts on it at its next tick)"
+        if load.aborted
+        else "after the rollout"
+    )
+    if verdict is None:
+        memory += f"; too few samples {after} to judge a trend."
+    elif verdict and slope is not None and slope < -2.0:
+        memory += (
+            f"; {after} it came down ({_slope_text(slope)} over {len(load.steady())} "
+            "samples): no upward trend."
+        )
+    elif verdict:
+        memory += (
+            f"; {after} it stayed flat ({_slope_text(slope)} over {len(load.steady())} "
+            "samples): bounded."
+        )
+    else:
+        memory += f"; **{after} it still grew** ({_slope_text(slope)})."
+    lines.append(memory)
+    if not load.fleet_alive or load.logged_errors:
+        lines.append(
+            f"**The fleet service {'exited' if not load.fleet_alive else 'kept running'} and "
+            f"logged {load.logged_errors} errors.**"
+        )
+    return lines
+
+
 def findings(b: FleetBenchmark, cores: int) -> list[str]:
     """What the figures say, written from them on every run."""
     lines = []
@@ -245,7 +513,7 @@ def findings(b: FleetBenchmark, cores: int) -> list[str]:
             f"**The fleet did not drain a backlog of {d.queued:,} windows within "
             f"{b.scale.catch_up_timeout_s:g} s.**"
         )
-    return lines
+    return lines + load_findings(b)
 
 
 def _environment_note(b: FleetBenchmark, env: Environment) -> str:
@@ -321,6 +589,32 @@ def markdown_body(b: FleetBenchmark, env: Environment) -> str:
         "|---|---|---|",
         *[f"| {a} | {f} | {m} |" for a, f, m in drain_rows(b)],
         "",
+        "### Load with misbehaving devices",
+        "",
+        f"The same devices send a window every {s.load_interval_s:g} s while a second bundle, "
+        f"`{b.load.bundle_id}` (the same model as a new version), is rolled out: "
+        f"`--stages {STAGES} --soak {s.load_soak_s:g}` with the default health gates "
+        "(`--min-requests 20`: each device's error rate, latency against the bundle it ran "
+        "before, drift). Meanwhile some devices misbehave "
+        "(`edgeml.fleet.simulator.Misbehaviour`), spread over the fleet, none a canary: "
+        "*garbage* senders publish on their own status, telemetry and events topics, in "
+        "turn, bytes that are not JSON, 300 KiB messages (this broker has no "
+        "`max_packet_size`; the one `fleet broker-config` writes would refuse them), JSON of "
+        "the wrong schema, windows with numbers past any range (`1e999`, 10^40, 5,000 "
+        "digits), windows naming another device, their own windows again, transfer requests "
+        "under commands never sent and forged install results; *storm* devices shut their "
+        "socket without a DISCONNECT (the broker publishes their last will) and connect "
+        "again at once; *flood* devices send windows far faster than the interval. "
+        f"{s.load_before_s:g} s of this before the rollout, {s.load_after_s:g} s after it "
+        f"(a rollout still running after {s.load_rollout_timeout_s:g} s is aborted). The "
+        "bare subscriber is gone (a subscriber that only `json.loads` would die on the "
+        "first garbage), and so is its session. RSS and windows are sampled every second; "
+        "*dropped* is counted from the fleet's log lines.",
+        "",
+        "| figure | measured |",
+        "|---|---|",
+        *[f"| {a} | {m} |" for a, m in load_rows(b)],
+        "",
         "### Findings",
         "",
         *[f"- {line}" for line in findings(b, env.usable_cores)],
@@ -357,4 +651,18 @@ def rich_table(b: FleetBenchmark) -> Table:
         f"{_n(d.fleet_per_s)} / {_n(d.bare_per_s)} per s",
     )
     table.add_row("fleet peak RSS", f"{b.fleet_peak_mib:.1f} MiB")
+    load = b.load
+    table.add_row(
+        "load: rollout with misbehaving devices",
+        f"{load.seconds:.2f} s ({load.state}{', aborted' if load.aborted else ''})",
+    )
+    table.add_row(
+        "load: offered / stored, backlog at the end",
+        f"{load.offered_per_s:,.0f} / {load.stored_per_s:,.0f} per s, {load.backlog_end:,}",
+    )
+    table.add_row(
+        "load: fleet RSS start / max / end, after the rollout",
+        f"{load.rss_start_mib:.0f} / {load.rss_max_mib:.0f} / {load.rss_end_mib:.0f} MiB, "
+        f"{_slope_text(load.rss_slope_mib_per_min)}",
+    )
     return table

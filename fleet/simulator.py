@@ -16,6 +16,11 @@ Functional core, imperative shell:
   active (request rate, error rate, latency, drift, whether its self-test fails); a
   ``behaviour`` callable maps the active bundle id to one, which is how a test makes a new
   bundle "bad" and watches a rollout stop.
+* :class:`Misbehaviour` makes a device misbehave on the wire as well (issue 7): garbage on its
+  own topics (:func:`make_garbage` makes each kind: malformed, oversized, wrong schema, huge
+  numbers, another device's id, duplicates, bogus transfer requests, forged results), its
+  connection dropped abruptly and taken up again at once (many such devices: a reconnect
+  storm), or telemetry far faster than its interval. Pure too: the shell only schedules it.
 * :class:`DeviceSimulator` is the shell: one driver thread multiplexes every device's paho
   client through one ``selectors`` selector (epoll on Linux) with paho's external-loop API
   (``loop_read``/``loop_write``/``loop_misc`` and the ``on_socket_*`` callbacks). A thread per
@@ -32,7 +37,8 @@ is ``edgeml.fleet`` (or ``tests/protocol_peer.py`` in tests); the real device is
 Run it by hand against a broker::
 
     python -m edgeml.fleet.simulator --broker mqtt://127.0.0.1:1883 --devices 1000 \\
-        --profile raspberry-pi-4 --canary 5 --telemetry-interval 5
+        --profile raspberry-pi-4 --canary 5 --telemetry-interval 5 \\
+        --garbage-devices 10 --garbage-per-s 20 --storm-devices 10 --reconnect-every 1.5
 """
 
 from __future__ import annotations
@@ -41,16 +47,21 @@ import argparse
 import contextlib
 import hashlib
 import heapq
+import json
 import logging
 import random
 import resource
+import secrets
 import selectors
 import signal
+import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -203,6 +214,8 @@ class SimulatedDevice:
         transfer: the install in progress.
         window_start: when the current telemetry window opened (None until first connected).
         dropped_windows: windows the client could not queue, reported with the next window.
+        stream: its telemetry stream id (a new one per simulated device, as an agent's new
+            outbox takes; ``seq`` numbers windows within it).
     """
 
     device_id: str
@@ -216,6 +229,7 @@ class SimulatedDevice:
     transfer: Transfer | None = None
     window_start: float | None = None
     dropped_windows: int = 0
+    stream: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def __post_init__(self) -> None:
         check_device_id(self.device_id)
@@ -282,6 +296,7 @@ class SimulatedDevice:
             predictions={"0": scored // 2, "1": scored - scored // 2},
             drift_psi=traffic.drift_psi(),
             dropped_windows=self.dropped_windows,
+            stream=self.stream,
         )
         self.dropped_windows = 0
         return window
@@ -503,6 +518,204 @@ def make_devices(
     ]
 
 
+# ------------------------------------------------------------------------------ misbehaviour
+
+
+GARBAGE_KINDS: tuple[str, ...] = (
+    "not-json",
+    "oversized",
+    "wrong-schema",
+    "huge-number",
+    "foreign-device",
+    "duplicate-window",
+    "bogus-transfer",
+    "forged-result",
+)
+"""What a misbehaving device sends besides its protocol traffic, on its own topics:
+
+* ``not-json``: bytes that are not UTF-8 JSON (truncated JSON, binary, nothing);
+* ``oversized``: :data:`OVERSIZED_BYTES` of JSON, over the protocol's message limit;
+* ``wrong-schema``: JSON that is no message of its topic (a list, an unknown type, a status on
+  the telemetry topic, a field of the wrong type, a window that ends before it starts);
+* ``huge-number``: a window whose number is past its field's range (``seq`` of 10^40), not
+  finite (``1e999``), or longer than Python converts (5,000 digits);
+* ``foreign-device``: a valid window that names another device than its topic's;
+* ``duplicate-window``: one of its own recent windows, sent again byte for byte;
+* ``bogus-transfer``: a transfer request under a command the fleet never sent it;
+* ``forged-result``: an install result ``succeeded`` for a command the fleet never sent it.
+"""
+DROPPED_GARBAGE = frozenset(GARBAGE_KINDS[:5])
+"""The kinds a fleet must drop as they arrive (malformed, or naming another device); the
+others are valid messages that it must not act on (a duplicate is stored once, a bogus
+request gets no chunk, a forged result never moves a rollout)."""
+OVERSIZED_BYTES = 300 * 1024
+
+
+@dataclass(frozen=True)
+class Misbehaviour:
+    """How one simulated device misbehaves on the wire, on top of behaving as a device.
+
+    The device still answers commands, installs and sends its telemetry; a rollout may still
+    count on it.
+
+    Attributes:
+        garbage_per_s: garbage messages per second (QoS 1, never retained), the kinds of
+            ``garbage`` in turn; none while disconnected.
+        garbage: the kinds of garbage, from :data:`GARBAGE_KINDS`.
+        reconnect_every_s: drop the connection abruptly this often on average (uniformly
+            between half and one and a half times it): the socket is shut without a
+            DISCONNECT, so the broker publishes the device's last will; the device connects
+            again at once, with no back-off. Many devices doing it make a reconnect storm.
+            None: never.
+        flood_windows_per_s: send telemetry windows this often instead of every telemetry
+            interval (each a real window with the next ``seq``, its requests in proportion
+            to its span): a device whose configuration or clock runs too fast. 0: the
+            simulator's interval.
+    """
+
+    garbage_per_s: float = 0.0
+    garbage: tuple[str, ...] = GARBAGE_KINDS
+    reconnect_every_s: float | None = None
+    flood_windows_per_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.garbage_per_s < 0:
+            raise ValueError("garbage_per_s must be at least 0")
+        unknown = sorted(set(self.garbage) - set(GARBAGE_KINDS))
+        if unknown:
+            raise ValueError(f"unknown garbage kinds: {', '.join(unknown)}")
+        if self.garbage_per_s > 0 and not self.garbage:
+            raise ValueError("garbage_per_s needs at least one kind of garbage")
+        if self.reconnect_every_s is not None and self.reconnect_every_s <= 0:
+            raise ValueError("reconnect_every_s must be positive")
+        if self.flood_windows_per_s < 0:
+            raise ValueError("flood_windows_per_s must be at least 0")
+
+    def garbage_kind(self, serial: int) -> str:
+        """The kind of the ``serial``-th garbage message (0, 1, 2, ...): the kinds in turn."""
+        return self.garbage[serial % len(self.garbage)]
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """One garbage message: its kind, the device's own topic it goes to, its bytes."""
+
+    kind: str
+    topic: TopicKind
+    payload: bytes
+
+
+@lru_cache(maxsize=1)
+def _padding(size: int) -> bytes:
+    return b"x" * size
+
+
+def _window_dict(device: SimulatedDevice, now: float) -> dict[str, Any]:
+    """A valid window's fields, for garbage to spoil."""
+    return TelemetryWindow(
+        device_id=device.device_id,
+        seq=max(1, device.seq),
+        window_start=now - 1.0,
+        window_end=now,
+        bundle_id=device.active,
+        requests=10,
+        rows=10,
+        errors=0,
+        contract_violations=0,
+        latency_ms={"p50": 1.0, "p95": 2.0},
+        predictions={"0": 5, "1": 5},
+        drift_psi={},
+    ).to_dict()
+
+
+def _json(data: Any, **raw: str) -> bytes:
+    """``data`` as JSON, each string ``"@NAME@"`` in it replaced by the raw text ``raw[NAME]``
+    (for numbers that ``json.dumps`` will not write)."""
+    text = json.dumps(data, separators=(",", ":"))
+    for name, value in raw.items():
+        text = text.replace(f'"@{name}@"', value)
+    return text.encode()
+
+
+def make_garbage(
+    device: SimulatedDevice,
+    kind: str,
+    now: float,
+    serial: int = 0,
+    old_window: TelemetryWindow | None = None,
+) -> Garbage | None:
+    """One garbage message of ``kind`` from ``device`` (pure: nothing is sent).
+
+    Args:
+        device: the misbehaving device (its id, bundles and ``seq`` go into the garbage).
+        kind: one of :data:`GARBAGE_KINDS`.
+        now: Unix time.
+        serial: how many garbage messages of this kind the device sent before (0, 1, 2,
+            ...): picks the variant (and the topic of ``not-json``) and makes ids unique.
+        old_window: a window the device sent before, for ``duplicate-window``.
+
+    Returns:
+        The message, or None when ``kind`` cannot be made now (a duplicate before any window).
+    """
+    device_id = device.device_id
+    bundle_id = device.active or device.previous or "none-0.0.0-none"
+    if kind == "not-json":
+        topic: TopicKind = ("status", "telemetry", "events")[serial % 3]
+        variants = (b'{"type": "telemetry", "device_id": "', b"\xff\xfe\x00garbage\x80", b"")
+        return Garbage(kind, topic, variants[(serial // 3) % len(variants)])
+    if kind == "oversized":
+        head = b'{"type":"telemetry","device_id":"' + device_id.encode() + b'","pad":"'
+        return Garbage(kind, "telemetry", head + _padding(OVERSIZED_BYTES) + b'"}')
+    if kind == "wrong-schema":
+        window = _window_dict(device, now)
+        variant = serial % 5
+        if variant == 0:
+            status = {"type": "status", "device_id": device_id, "online": "yes", "sent_at": now}
+            return Garbage(kind, "status", _json(status))
+        if variant == 1:
+            return Garbage(kind, "telemetry", _json([1, 2, 3]))
+        if variant == 2:
+            return Garbage(kind, "events", _json({"type": "gossip", "device_id": device_id}))
+        if variant == 3:
+            return Garbage(kind, "telemetry", device.status(True, now).to_bytes())
+        window["window_end"] = window["window_start"] - 60.0
+        return Garbage(kind, "telemetry", _json(window))
+    if kind == "huge-number":
+        window = _window_dict(device, now)
+        variant = serial % 3
+        if variant == 0:
+            window["seq"] = 10**40
+            return Garbage(kind, "telemetry", _json(window))
+        if variant == 1:
+            window["requests"] = "@N@"
+            return Garbage(kind, "telemetry", _json(window, N="1e999"))
+        window["errors"] = "@N@"
+        return Garbage(kind, "telemetry", _json(window, N="9" * 5000))
+    if kind == "foreign-device":
+        window = _window_dict(device, now)
+        window["device_id"] = f"ghost-{device_id}"[:64]
+        return Garbage(kind, "telemetry", _json(window))
+    if kind == "duplicate-window":
+        if old_window is None:
+            return None
+        return Garbage(kind, "telemetry", old_window.to_bytes())
+    if kind == "bogus-transfer":
+        request = TransferRequest(f"bogus-{device_id}-{serial}"[:128], bundle_id, 0)
+        return Garbage(kind, "events", request.to_bytes())
+    if kind == "forged-result":
+        result = CommandResult(
+            command_id=f"forged-{device_id}-{serial}"[:128],
+            kind="install",
+            outcome="succeeded",
+            sent_at=now,
+            bundle_id=bundle_id,
+            active=device.active,
+            previous=device.previous,
+        )
+        return Garbage(kind, "events", result.to_bytes())
+    raise ValueError(f"unknown garbage kind {kind!r}")
+
+
 # ------------------------------------------------------------------------------ the shell
 
 
@@ -536,6 +749,11 @@ class _Link:
     connect_queued: bool = False
     backoff_s: float = 0.0
     write_watched: bool = False
+    interval_s: float = DEFAULT_WINDOW_S
+    misbehaviour: Misbehaviour | None = None
+    last_window: TelemetryWindow | None = None
+    garbage_sent: dict[str, int] = field(default_factory=dict)
+    dropping: bool = False
 
 
 Credentials = Callable[[str], tuple[str, str | None]]
@@ -560,6 +778,9 @@ class DeviceSimulator:
         messages_dropped: malformed or foreign messages, logged and dropped.
         reconnects: connections after a device's first.
         connect_failures: TCP connects that failed (the broker down or unreachable).
+        garbage_sent: garbage messages the misbehaving devices handed to their clients;
+            ``garbage_by_kind`` counts them per kind.
+        connection_drops: connections the misbehaving devices dropped on purpose.
         driver_cpu_s: CPU seconds the driver thread used.
 
     Args:
@@ -576,6 +797,8 @@ class DeviceSimulator:
         max_queued_messages: QoS 1 messages a client keeps while disconnected; telemetry
             windows past that are dropped and reported in the next window.
         clock: Unix time, for the messages.
+        misbehaviour: device id to how that device misbehaves (garbage, reconnect storms,
+            telemetry floods); the others behave.
     """
 
     def __init__(
@@ -593,6 +816,7 @@ class DeviceSimulator:
         reconnect_max_s: float = 30.0,
         max_queued_messages: int = 1000,
         clock: Callable[[], float] = time.time,
+        misbehaviour: Mapping[str, Misbehaviour] | None = None,
     ) -> None:
         if telemetry_interval_s <= 0:
             raise ValueError("telemetry_interval_s must be positive")
@@ -601,6 +825,10 @@ class DeviceSimulator:
         ids = [d.device_id for d in devices]
         if len(set(ids)) != len(ids):
             raise ValueError("device ids must be unique")
+        misbehaviour = dict(misbehaviour or {})
+        strangers = sorted(set(misbehaviour) - set(ids))
+        if strangers:
+            raise ValueError(f"misbehaviour for unknown devices: {', '.join(strangers[:5])}")
         self.host, self.port = host, port
         self.devices = list(devices)
         self.telemetry_interval_s = telemetry_interval_s
@@ -620,11 +848,18 @@ class DeviceSimulator:
         self.messages_dropped = 0
         self.reconnects = 0
         self.connect_failures = 0
+        self.garbage_sent = 0
+        self.garbage_by_kind: Counter[str] = Counter()
+        self.connection_drops = 0
         self.driver_cpu_s = 0.0
         # driver state
         self._links = [
             self._make_link(device, credentials, max_queued_messages) for device in self.devices
         ]
+        for link in self._links:
+            link.misbehaviour = misbehaviour.get(link.device.device_id)
+            flood = link.misbehaviour.flood_windows_per_s if link.misbehaviour else 0.0
+            link.interval_s = 1.0 / flood if flood > 0 else telemetry_interval_s
         self._selector: selectors.BaseSelector | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -632,6 +867,7 @@ class DeviceSimulator:
         self._pending_write: dict[_Link, None] = {}
         self._connects: list[tuple[float, int, _Link]] = []
         self._telemetry: list[tuple[float, int, _Link]] = []
+        self._chores: list[tuple[float, int, _Link, str]] = []
         self._order = 0
         self._tokens = 0.0
         self._tokens_at = 0.0
@@ -687,6 +923,8 @@ class DeviceSimulator:
             "messages_dropped": self.messages_dropped,
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
+            "garbage_sent": self.garbage_sent,
+            "connection_drops": self.connection_drops,
             "driver_cpu_s": round(self.driver_cpu_s, 3),
         }
 
@@ -735,6 +973,8 @@ class DeviceSimulator:
                 self.windows_dropped += 1
             else:
                 self.windows_sent += 1
+                if link.misbehaviour is not None:  # a duplicate-window garbage repeats it
+                    link.last_window = message
         elif isinstance(message, CommandResult) and message.kind == "install":
             if message.outcome == "succeeded":
                 self.installs_succeeded += 1
@@ -761,7 +1001,8 @@ class DeviceSimulator:
                 self.reconnects += 1
             else:
                 link.ever_connected = True
-                self._schedule_window(link, time.monotonic() + self.telemetry_interval_s)
+                self._schedule_window(link, time.monotonic() + link.interval_s)
+                self._schedule_misbehaviour(link, time.monotonic())
             client.subscribe([(link.topics["commands"], 1), (link.topics["transfer"], 1)])
             self._send_all(link, link.device.connected(self.clock()))
         except Exception:
@@ -776,7 +1017,9 @@ class DeviceSimulator:
             if not self._shutting_down:
                 log.info("%s lost its connection: %s", link.device.device_id, reason)
         if not self._shutting_down:
-            self._queue_connect(link, time.monotonic(), backoff=True)
+            # A connection dropped on purpose (a reconnect storm) comes back at once.
+            self._queue_connect(link, time.monotonic(), backoff=not link.dropping)
+        link.dropping = False
 
     def _on_message(self, _client: mqtt.Client, link: _Link, message: mqtt.MQTTMessage) -> None:
         device = link.device
@@ -854,6 +1097,8 @@ class DeviceSimulator:
         now = time.monotonic()
         self._guarded(self._connect_due, now)
         self._guarded(self._telemetry_due, now)
+        if self._chores:
+            self._guarded(self._chores_due, now)
         if now >= self._next_misc:
             self._next_misc = now + MISC_EVERY_S
             self._guarded(self._misc)
@@ -869,6 +1114,8 @@ class DeviceSimulator:
         wake = self._next_misc
         if self._telemetry:
             wake = min(wake, self._telemetry[0][0])
+        if self._chores:
+            wake = min(wake, self._chores[0][0])
         if self._connects:
             due = max(self._connects[0][0], self._connect_pause_until)
             if self._tokens < 1:
@@ -959,16 +1206,81 @@ class DeviceSimulator:
 
     def _telemetry_due(self, now: float) -> None:
         wall = self.clock()
-        interval = self.telemetry_interval_s
         while self._telemetry and self._telemetry[0][0] <= now:
             due, _, link = heapq.heappop(self._telemetry)
+            interval = link.interval_s
             self._schedule_window(link, due + interval if due + interval > now else now + interval)
             try:
-                window = link.device.telemetry(wall, self.behaviour, interval)
+                window = link.device.telemetry(wall, self.behaviour, self.telemetry_interval_s)
                 if window is not None:
                     self._send(link, Outgoing("telemetry", window))
             except Exception:
                 log.exception("the telemetry of %s failed", link.device.device_id)
+
+    def _schedule_misbehaviour(self, link: _Link, now: float) -> None:
+        """A misbehaving device's first garbage and first drop, at random phases."""
+        misbehaviour = link.misbehaviour
+        if misbehaviour is None:
+            return
+        if misbehaviour.garbage_per_s > 0:
+            self._schedule_chore(
+                link, "garbage", now + random.uniform(0, 1 / misbehaviour.garbage_per_s)
+            )
+        if misbehaviour.reconnect_every_s is not None:
+            self._schedule_chore(
+                link, "drop", now + misbehaviour.reconnect_every_s * random.uniform(0.5, 1.5)
+            )
+
+    def _schedule_chore(self, link: _Link, chore: str, due: float) -> None:
+        self._order += 1
+        heapq.heappush(self._chores, (due, self._order, link, chore))
+
+    def _chores_due(self, now: float) -> None:
+        wall = self.clock()
+        while self._chores and self._chores[0][0] <= now:
+            due, _, link, chore = heapq.heappop(self._chores)
+            misbehaviour = link.misbehaviour
+            if misbehaviour is None:  # pragma: no cover - only misbehaving links have chores
+                continue
+            try:
+                if chore == "garbage":
+                    period = 1 / misbehaviour.garbage_per_s
+                    self._schedule_chore(
+                        link, chore, due + period if due + period > now else now + period
+                    )
+                    if link.connected:
+                        self._send_garbage(link, misbehaviour, wall)
+                else:
+                    every = misbehaviour.reconnect_every_s or 1.0
+                    self._schedule_chore(link, chore, now + every * random.uniform(0.5, 1.5))
+                    if link.connected:
+                        self._drop(link)
+            except Exception:
+                log.exception("the %s of %s failed", chore, link.device.device_id)
+
+    def _send_garbage(self, link: _Link, misbehaviour: Misbehaviour, wall: float) -> None:
+        total = sum(link.garbage_sent.values())
+        kind = misbehaviour.garbage_kind(total)
+        serial = link.garbage_sent.get(kind, 0)
+        link.garbage_sent[kind] = serial + 1
+        garbage = make_garbage(link.device, kind, wall, serial, link.last_window)
+        if garbage is None:
+            return
+        info = link.client.publish(link.topics[garbage.topic], garbage.payload, qos=1)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self.garbage_sent += 1
+            self.garbage_by_kind[kind] += 1
+
+    def _drop(self, link: _Link) -> None:
+        """Shut the socket without a DISCONNECT (the broker publishes the last will); paho
+        reads the end of the stream, closes, and :meth:`_on_disconnect` connects again."""
+        sock = link.client.socket()
+        if sock is None:
+            return
+        link.dropping = True
+        self.connection_drops += 1
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _misc(self) -> None:
         wall = self.clock()
@@ -1045,6 +1357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report-every", type=float, default=5.0, help="seconds")
     parser.add_argument("--username", default=None)
     parser.add_argument("--password", default=None)
+    misbehaving = parser.add_argument_group(
+        "misbehaving devices", "taken from the end of the device list, in this order"
+    )
+    misbehaving.add_argument("--garbage-devices", type=int, default=0, metavar="N")
+    misbehaving.add_argument("--garbage-per-s", type=float, default=10.0, metavar="R")
+    misbehaving.add_argument("--storm-devices", type=int, default=0, metavar="N")
+    misbehaving.add_argument(
+        "--reconnect-every", type=float, default=2.0, metavar="S", help="seconds"
+    )
+    misbehaving.add_argument("--flood-devices", type=int, default=0, metavar="N")
+    misbehaving.add_argument("--flood-windows-per-s", type=float, default=20.0, metavar="R")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # stop cleanly on SIGTERM too
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
@@ -1059,6 +1382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     username, password = args.username, args.password
     host, port = args.broker
+    wanted = [
+        (args.garbage_devices, Misbehaviour(garbage_per_s=args.garbage_per_s)),
+        (args.storm_devices, Misbehaviour(reconnect_every_s=args.reconnect_every)),
+        (args.flood_devices, Misbehaviour(flood_windows_per_s=args.flood_windows_per_s)),
+    ]
+    misbehaviour: dict[str, Misbehaviour] = {}
+    remaining = list(reversed(devices))
+    for count, how in wanted:
+        taken, remaining = remaining[:count], remaining[count:]
+        misbehaviour.update((d.device_id, how) for d in taken)
     simulator = DeviceSimulator(
         host,
         port,
@@ -1066,6 +1399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         telemetry_interval_s=args.telemetry_interval,
         connect_rate=args.connect_rate,
         credentials=(lambda _id: (username, password)) if username else None,
+        misbehaviour=misbehaviour,
     )
     simulator.start()
     print(f"simulating {len(devices)} devices against mqtt://{host}:{port}; Ctrl-C stops")

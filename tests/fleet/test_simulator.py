@@ -9,31 +9,41 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from broker import MosquittoBroker
 from protocol_peer import ProtocolPeer
 
 from edgeml.fleet.simulator import (
+    DROPPED_GARBAGE,
+    GARBAGE_KINDS,
+    OVERSIZED_BYTES,
     DeviceBehaviour,
     DeviceSimulator,
+    Misbehaviour,
     Outgoing,
     SimulatedDevice,
     healthy,
     make_devices,
+    make_garbage,
     raise_open_file_limit,
 )
 from edgeml.toolkit.protocol import (
     DEFAULT_CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
     TRANSFER_WINDOW,
     Chunk,
     Command,
     CommandResult,
+    ProtocolError,
     Status,
     TelemetryWindow,
     TransferRequest,
     device_topic,
     parse_message,
+    parse_topic,
 )
 
 OLD = "demo-0.9.0-raspberry-pi-4"
@@ -292,6 +302,75 @@ def test_make_devices_numbers_and_tags_them() -> None:
         DeviceSimulator("127.0.0.1", 1, [*devices, devices[0]])
 
 
+# --- misbehaviour ---------------------------------------------------------------------------------
+
+
+def test_a_misbehaviour_checks_its_figures_and_takes_the_kinds_in_turn() -> None:
+    both = Misbehaviour(garbage_per_s=5, garbage=("not-json", "forged-result"))
+    assert [both.garbage_kind(i) for i in range(4)] == ["not-json", "forged-result"] * 2
+    for wrong in (
+        {"garbage_per_s": -1},
+        {"garbage": ("gibberish",)},
+        {"garbage_per_s": 1, "garbage": ()},
+        {"reconnect_every_s": 0},
+        {"flood_windows_per_s": -2},
+    ):
+        with pytest.raises(ValueError):
+            Misbehaviour(**wrong)  # type: ignore[arg-type]
+    devices = make_devices(2, "raspberry-pi-4")
+    with pytest.raises(ValueError, match="unknown devices"):
+        DeviceSimulator("127.0.0.1", 1, devices, misbehaviour={"pi-404": Misbehaviour()})
+
+
+def test_garbage_that_the_fleet_must_drop_does_not_parse_or_names_another_device(
+    device: SimulatedDevice,
+) -> None:
+    assert DROPPED_GARBAGE.issubset(GARBAGE_KINDS)
+    topics = set()
+    for kind in sorted(DROPPED_GARBAGE):
+        for serial in range(9):  # every variant of every kind
+            garbage = make_garbage(device, kind, T0, serial)
+            assert garbage is not None and garbage.kind == kind
+            assert garbage.topic in ("status", "telemetry", "events")  # its own topics only
+            topics.add(garbage.topic)
+            if kind == "foreign-device":
+                window = parse_message(garbage.payload, garbage.topic)
+                assert isinstance(window, TelemetryWindow)
+                assert window.device_id != device.device_id
+                continue
+            with pytest.raises(ProtocolError):
+                parse_message(garbage.payload, garbage.topic)
+    assert topics == {"status", "telemetry", "events"}
+    oversized = make_garbage(device, "oversized", T0)
+    assert oversized is not None
+    assert len(oversized.payload) >= OVERSIZED_BYTES > MAX_MESSAGE_BYTES
+    huge = [make_garbage(device, "huge-number", T0, i) for i in range(3)]
+    assert any(g is not None and b"9" * 5000 in g.payload for g in huge)
+    assert any(g is not None and b"1e999" in g.payload for g in huge)
+
+
+def test_valid_garbage_repeats_a_window_or_names_commands_the_fleet_never_sent(
+    device: SimulatedDevice,
+) -> None:
+    assert make_garbage(device, "duplicate-window", T0) is None  # nothing to repeat yet
+    old = device.telemetry(T0)
+    assert old is not None
+    repeated = make_garbage(device, "duplicate-window", T0 + 60, old_window=old)
+    assert repeated is not None and repeated.topic == "telemetry"
+    assert parse_message(repeated.payload, "telemetry") == old
+    requests = [make_garbage(device, "bogus-transfer", T0, i) for i in range(2)]
+    parsed = [parse_message(g.payload, g.topic) for g in requests if g is not None]
+    assert all(isinstance(r, TransferRequest) and r.bundle_id == OLD for r in parsed)
+    assert len({r.command_id for r in parsed}) == 2  # type: ignore[attr-defined]
+    forged = make_garbage(device, "forged-result", T0, 3)
+    assert forged is not None and forged.topic == "events"
+    result = parse_message(forged.payload, "events")
+    assert isinstance(result, CommandResult)
+    assert (result.kind, result.outcome, result.active) == ("install", "succeeded", OLD)
+    with pytest.raises(ValueError, match="unknown garbage"):
+        make_garbage(device, "gibberish", T0)
+
+
 # --- against a real Mosquitto --------------------------------------------------------------------
 
 
@@ -418,3 +497,65 @@ def test_devices_reconnect_after_the_broker_comes_back(
             peer.close()
     finally:
         simulator.stop()
+
+
+def test_misbehaving_devices_send_garbage_drop_their_connections_and_flood(
+    roomy_mosquitto: MosquittoBroker,
+) -> None:
+    devices = make_devices(6, "raspberry-pi-4", active=OLD)
+    garbage, storm, flood = (d.device_id for d in devices[:3])
+    misbehaviour = {
+        garbage: Misbehaviour(garbage_per_s=40),
+        storm: Misbehaviour(reconnect_every_s=0.4),
+        flood: Misbehaviour(flood_windows_per_s=10),
+    }
+    peer = ProtocolPeer("127.0.0.1", roomy_mosquitto.port)
+    wills: list[bool] = []  # the storming device's statuses, in order
+
+    def heard(_client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        status = parse_message(message.payload, "status")
+        assert isinstance(status, Status)
+        wills.append(status.online)
+
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="storm-watcher")
+    watcher.on_message = heard
+    watcher.connect("127.0.0.1", roomy_mosquitto.port)
+    watcher.subscribe(device_topic(storm, "status"), qos=1)
+    watcher.loop_start()
+    simulator = DeviceSimulator(
+        "127.0.0.1",
+        roomy_mosquitto.port,
+        devices,
+        telemetry_interval_s=0.5,
+        misbehaviour=misbehaviour,
+    )
+    try:
+        simulator.start()
+        assert simulator.wait_connected(10)
+        wait(
+            lambda: simulator.connection_drops >= 4 and simulator.garbage_sent >= 2 * 8,
+            10,
+            "drops and garbage",
+        )
+        wait(lambda: len(peer.telemetry[flood]) >= 15, 10, "the flood")
+    finally:
+        simulator.stop()
+        watcher.loop_stop()
+        watcher.disconnect()
+    try:
+        # Every kind went out; what does not parse reached the peer as invalid.
+        assert set(simulator.garbage_by_kind) == set(GARBAGE_KINDS)
+        wait(lambda: len(peer.invalid) >= 8, 5, "the invalid garbage")
+        assert {parse_topic(topic)[0] for topic, _ in peer.invalid} == {garbage}
+        # The storm: each drop publishes the last will (offline), each reconnect says online,
+        # and the device comes back at once rather than after a back-off.
+        # (only the storming device reconnects; its last drop may not have come back yet)
+        assert simulator.connection_drops >= simulator.reconnects >= simulator.connection_drops - 1
+        assert simulator.reconnects >= 3
+        assert wills.count(False) >= 3 and wills.count(True) >= 4
+        # The flood: windows far faster than the interval, still numbered 1, 2, 3, ...
+        calm = len(peer.telemetry[devices[4].device_id])
+        seqs = [w.seq for w in peer.telemetry[flood]]
+        assert len(set(seqs)) >= 3 * calm and sorted(set(seqs)) == list(range(1, max(seqs) + 1))
+    finally:
+        peer.close()
