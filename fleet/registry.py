@@ -30,13 +30,14 @@ import datetime
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from edgeml.fleet.gates import DeviceHealth
 from edgeml.fleet.records import (
     ENROLLMENT_ROLES,
     OPERATOR_ACTIONS,
@@ -949,6 +950,75 @@ class FleetRegistry:
             (device_id,),
         )
         return None if row is None else str(row[0])
+
+    def health(self, bundle_id: str, since: Mapping[str, float]) -> dict[str, DeviceHealth]:
+        """Each device's figures on ``bundle_id`` over the windows received since its own time
+        in ``since`` (device id -> fleet time), aggregated in SQL.
+
+        The same figures as :func:`edgeml.fleet.gates.summarize_windows` over those windows
+        (tests hold them equal), without decoding any window in Python: a rollout's health is
+        recomputed every few seconds over every window of its soak.
+        """
+        if not since:
+            return {}
+        values = ", ".join("(?, ?)" for _ in since)
+        params: list[Any] = [x for item in since.items() for x in item]
+        scope = (
+            f"WITH since(device_id, t) AS (VALUES {values}) "
+            "SELECT {columns} FROM telemetry AS w JOIN since ON w.device_id = since.device_id "
+            "{extra}WHERE +w.bundle_id = ? AND +w.received_at >= since.t "
+        )
+        totals = self._query(
+            "aggregating health",
+            scope.format(
+                columns="w.device_id, count(*), sum(w.requests), sum(w.rows), "
+                "sum(w.errors + w.contract_violations), "
+                "sum(CASE WHEN w.p95_ms IS NOT NULL AND w.requests > 0 "
+                "THEN w.p95_ms * w.requests END), "
+                "sum(CASE WHEN w.p95_ms IS NOT NULL AND w.requests > 0 THEN w.requests END)",
+                extra="",
+            )
+            + "GROUP BY w.device_id",
+            [*params, bundle_id],
+        )
+        psi: dict[str, dict[str, float]] = {}
+        for device_id, name, value in self._query(
+            "aggregating drift",
+            scope.format(
+                columns="w.device_id, j.key, sum(j.value * max(w.rows, 1)) / sum(max(w.rows, 1))",
+                extra=", json_each(w.drift_psi) AS j ",
+            )
+            + "GROUP BY w.device_id, j.key",
+            [*params, bundle_id],
+        ):
+            psi.setdefault(device_id, {})[name] = float(value)
+        return {
+            device_id: DeviceHealth(
+                windows=int(count),
+                requests=int(requests or 0),
+                rows=int(rows or 0),
+                errors=int(errors or 0),
+                p95_ms=float(weighted) / float(weight) if weight else None,
+                psi=dict(sorted(psi.get(device_id, {}).items())),
+            )
+            for device_id, count, requests, rows, errors, weighted, weight in totals
+        }
+
+    def latency_p95(
+        self, device_id: str, bundle_id: str, received_since: float, received_before: float
+    ) -> float | None:
+        """A device's request-weighted p95 on a bundle over the windows received in a span
+        (its latency baseline before an install); None without such windows."""
+        row = self._query_one(
+            "reading a latency baseline",
+            "SELECT sum(p95_ms * requests), sum(requests) FROM telemetry "
+            "WHERE device_id = ? AND +bundle_id = ? AND +received_at >= ? "
+            "AND +received_at < ? AND p95_ms IS NOT NULL AND requests > 0",
+            (device_id, bundle_id, received_since, received_before),
+        )
+        if row is None or not row[1]:
+            return None
+        return float(row[0]) / float(row[1])
 
     def telemetry_counts(self) -> dict[str, int]:
         """``{"windows": stored windows, "devices": devices that reported any}``."""

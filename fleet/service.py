@@ -26,7 +26,6 @@ import queue
 import ssl
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,10 +33,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgeml.fleet.gates import summarize_windows
+from edgeml.fleet.gates import DeviceHealth
 from edgeml.fleet.operations import device_view
 from edgeml.fleet.publishing import file_sha256
-from edgeml.fleet.records import BundleRecord, WindowRecord
+from edgeml.fleet.records import BundleRecord
 from edgeml.fleet.registry import FleetRegistry
 from edgeml.fleet.rollout import (
     CommandOutcome,
@@ -144,6 +143,7 @@ class FleetService:
         self._verified: dict[str, tuple[str, int, int, int, int]] = {}
         self._health_at: dict[str, float] = {}
         self._health: dict[str, dict[str, Any]] = {}
+        self._baselines: dict[tuple[str, str | None, float], float | None] = {}
         self.client = self._make_client()
 
     # ------------------------------------------------------------------------ MQTT side
@@ -377,8 +377,9 @@ class FleetService:
     def _rollout_health(
         self, registry: FleetRegistry, rollout: Rollout, now: float
     ) -> dict[str, Any]:
-        """Each watched device's figures on the bundle since it was sent, against its
-        figures on the bundle it ran before (recomputed every ``health_every_s``)."""
+        """Each watched device's figures on the bundle since it was sent, with its p95 on the
+        bundle it ran before over the hour before that as the latency baseline (figures
+        recomputed in SQL every ``health_every_s``; a baseline once per device and install)."""
         key = rollout.rollout_id
         if now - self._health_at.get(key, -1e18) < self.health_every_s:
             return self._health.get(key, {})
@@ -387,27 +388,22 @@ class FleetService:
             for e in rollout.devices.values()
             if e.state in ("installed", "unhealthy")
         }
+        current = registry.health(rollout.bundle_id, {d: e.sent_at for d, e in watched.items()})
         health: dict[str, Any] = {}
-        if watched:
-            since = min(e.sent_at for e in watched.values())
-            mine = _by_device(
-                registry.windows(bundle_id=rollout.bundle_id, received_since=since), watched
-            )
-            before: dict[str, list[WindowRecord]] = defaultdict(list)
-            for previous in {e.from_bundle for e in watched.values() if e.from_bundle}:
-                found = registry.windows(bundle_id=previous, received_since=since - BASELINE_S)
-                for device_id, rows in _by_device(found, watched).items():
-                    before[device_id].extend(rows)
-            for device_id, entry in watched.items():
-                figures = summarize_windows(
-                    r.window for r in mine.get(device_id, ()) if r.received_at >= entry.sent_at
+        for device_id, entry in watched.items():
+            baseline_key = (device_id, entry.from_bundle, entry.sent_at)
+            if baseline_key not in self._baselines:  # once per device and install
+                if len(self._baselines) > 100_000:
+                    self._baselines.clear()
+                self._baselines[baseline_key] = (
+                    registry.latency_p95(
+                        device_id, entry.from_bundle, entry.sent_at - BASELINE_S, entry.sent_at
+                    )
+                    if entry.from_bundle
+                    else None
                 )
-                baseline = summarize_windows(
-                    r.window
-                    for r in before.get(device_id, ())
-                    if r.received_at < entry.sent_at and r.window.bundle_id == entry.from_bundle
-                )
-                health[device_id] = figures.with_baseline(baseline)
+            figures = current.get(device_id, DeviceHealth())
+            health[device_id] = replace(figures, baseline_p95_ms=self._baselines[baseline_key])
         self._health_at[key] = now
         self._health[key] = health
         return health
@@ -476,14 +472,3 @@ class FleetService:
             registry.mark_sent(sent, self.clock())
             self.counters.commands_sent += len(sent)
         return len(sent)
-
-
-def _by_device(
-    rows: Iterable[WindowRecord], wanted: Iterable[str]
-) -> dict[str, list[WindowRecord]]:
-    keep = set(wanted)
-    found: dict[str, list[WindowRecord]] = defaultdict(list)
-    for row in rows:
-        if row.device_id in keep:
-            found[row.device_id].append(row)
-    return found

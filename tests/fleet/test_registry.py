@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -703,3 +704,70 @@ def test_a_cli_process_writes_while_the_service_ingests(db_path: Path) -> None:
                 service.add_windows([window(f"pi-{d}", seq) for d in range(100)], float(seq))
         assert process.returncode == 0, process.stderr.read().decode()  # type: ignore[union-attr]
         assert len(service.pending_requests("r-1")) == 100
+
+
+# ----------------------------------------------------------------------------------- health
+
+
+def varied(device_id: str, seq: int, bundle_id: str, rng: Any) -> TelemetryWindow:
+    requests = int(rng.integers(0, 50))
+    return dataclasses.replace(
+        window(device_id, seq, bundle_id),
+        requests=requests,
+        rows=int(rng.integers(0, 200)),
+        errors=int(rng.integers(0, 3)),
+        contract_violations=int(rng.integers(0, 2)),
+        latency_ms={"p95": float(rng.uniform(0.1, 9))} if seq % 4 else {},
+        drift_psi={"a": float(rng.uniform(0, 1)), "b": float(rng.uniform(0, 2))}
+        if seq % 3
+        else {"a": 0.5},
+    )
+
+
+def test_health_in_sql_equals_the_pure_fold_over_the_same_windows(
+    registry: FleetRegistry,
+) -> None:
+    import numpy as np
+
+    from edgeml.fleet.gates import summarize_windows
+
+    rng = np.random.default_rng(7)
+    received = {}
+    for seq in range(1, 40):
+        batch = [varied(d, seq, NEXT if seq % 5 else BUNDLE, rng) for d in ("pi-1", "pi-2")]
+        registry.add_windows(batch, float(seq))
+        for w in batch:
+            received[(w.device_id, w.seq)] = (float(seq), w)
+    since = {"pi-1": 10.0, "pi-2": 25.0, "pi-9": 0.0}
+    health = registry.health(NEXT, since)
+    assert set(health) == {"pi-1", "pi-2"}
+    for device_id in ("pi-1", "pi-2"):
+        expected = summarize_windows(
+            w
+            for (d, _), (at, w) in sorted(received.items())
+            if d == device_id and w.bundle_id == NEXT and at >= since[device_id]
+        )
+        got = health[device_id]
+        assert (got.windows, got.requests, got.rows, got.errors) == (
+            expected.windows,
+            expected.requests,
+            expected.rows,
+            expected.errors,
+        )
+        assert got.p95_ms == pytest.approx(expected.p95_ms)
+        assert got.psi == pytest.approx(expected.psi)
+    assert registry.health(NEXT, {}) == {}
+
+
+def test_latency_baseline_is_the_request_weighted_p95_in_its_span(
+    registry: FleetRegistry,
+) -> None:
+    first = dataclasses.replace(window("pi-1", 1, BUNDLE), requests=10, latency_ms={"p95": 2.0})
+    second = dataclasses.replace(window("pi-1", 2, BUNDLE), requests=30, latency_ms={"p95": 4.0})
+    late = dataclasses.replace(window("pi-1", 3, BUNDLE), requests=30, latency_ms={"p95": 99.0})
+    registry.add_windows([first], 100.0)
+    registry.add_windows([second], 200.0)
+    registry.add_windows([late], 300.0)
+    assert registry.latency_p95("pi-1", BUNDLE, 0.0, 300.0) == pytest.approx(3.5)
+    assert registry.latency_p95("pi-1", NEXT, 0.0, 300.0) is None
+    assert registry.latency_p95("pi-2", BUNDLE, 0.0, 300.0) is None
