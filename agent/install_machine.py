@@ -365,5 +365,3 @@ def _failed(state: InstallState, reason: str) -> tuple[InstallState, tuple[Actio
     return replace(state, phase=Phase.FAILED, reason=reason), (
         DiscardCandidate(state.candidate, in_use),
     )
-
-
