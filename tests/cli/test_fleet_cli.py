@@ -526,6 +526,12 @@ def test_an_operator_action_queues_a_request_for_the_service(
     assert registry.audit_log(rollout_id=rollout.rollout_id)[-1].action == f"{action}-requested"
     record = registry.rollout(rollout.rollout_id)
     assert record is not None and record.state == "running"  # the service acts, not the CLI
+    as_json = fleet("rollout", action, rollout.rollout_id, "--db", str(db), "--json")
+    assert json.loads(as_json.stdout) == {
+        "rollout_id": rollout.rollout_id,
+        "action": action,
+        "request_id": request.request_id + 1,
+    }
 
 
 @pytest.mark.parametrize("action", ["pause", "resume", "approve", "abort"])

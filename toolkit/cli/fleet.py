@@ -400,11 +400,14 @@ def _operator_command(action: str, help_text: str) -> None:
         rollout_id: Annotated[str, typer.Argument(help="The rollout's id.")],
         db: DbOption,
         reason: ReasonOption = "",
+        json_output: JsonOption = False,
     ) -> None:
         from edgeml.fleet.operations import request_action
 
         with _registry(db) as registry:
-            request_action(registry, rollout_id, action, reason=reason)
+            request_id = request_action(registry, rollout_id, action, reason=reason)
+        if json_output:
+            print_json({"rollout_id": rollout_id, "action": action, "request_id": request_id})
         info(f"{action} of {rollout_id} queued: the fleet service acts on its next tick")
 
     command.__doc__ = help_text
