@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from edgeml.toolkit.errors import ConfigError
-from edgeml.toolkit.protocol import DEVICE_ID_PATTERN, broker_address
+from edgeml.toolkit.protocol import DEVICE_ID_PATTERN, BrokerEndpoint
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +29,7 @@ DEFAULT_API = "127.0.0.1:8765"
 
 
 @dataclass(frozen=True)
-class BrokerSettings:
+class BrokerSettings(BrokerEndpoint):
     """Where the broker is and how to log in (``[broker]``)."""
 
     url: str = "mqtt://127.0.0.1:1883"
@@ -39,18 +39,6 @@ class BrokerSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive_s: int = 30
-
-    @property
-    def host(self) -> str:
-        return broker_address(self.url).host
-
-    @property
-    def port(self) -> int:
-        return broker_address(self.url).port
-
-    @property
-    def tls(self) -> bool:
-        return broker_address(self.url).tls
 
     def password(self) -> str | None:
         """The broker password, read from its file (first line), or None."""

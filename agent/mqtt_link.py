@@ -11,7 +11,6 @@ the messages mean is the daemon's business.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -61,12 +60,7 @@ class AgentLink:
         if broker.username:
             client.username_pw_set(broker.username, broker.password())
         if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            client.tls_set(**broker.tls_arguments())
         offline = current_status(False)
         client.will_set(self.topic("status"), offline.to_bytes(), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)

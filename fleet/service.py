@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +52,7 @@ from edgeml.toolkit.bundle import verify_bundle
 from edgeml.toolkit.errors import EdgeMLError
 from edgeml.toolkit.protocol import (
     TRANSFER_WINDOW,
+    BrokerEndpoint,
     Chunk,
     Command,
     CommandResult,
@@ -60,7 +60,6 @@ from edgeml.toolkit.protocol import (
     Status,
     TelemetryWindow,
     TransferRequest,
-    broker_address,
     device_topic,
     parse_message,
     parse_topic,
@@ -76,7 +75,7 @@ BASELINE_S = 3600.0
 
 
 @dataclass(frozen=True)
-class BrokerConnection:
+class BrokerConnection(BrokerEndpoint):
     """Where the broker is and how the fleet logs in (``--broker mqtts://user@host:port``)."""
 
     url: str
@@ -86,18 +85,6 @@ class BrokerConnection:
     cert_file: Path | None = None
     key_file: Path | None = None
     client_id: str = "edgeml-fleet"
-
-    @property
-    def host(self) -> str:
-        return broker_address(self.url).host
-
-    @property
-    def port(self) -> int:
-        return broker_address(self.url).port
-
-    @property
-    def tls(self) -> bool:
-        return broker_address(self.url).tls
 
 
 @dataclass
@@ -156,12 +143,7 @@ class FleetService:
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            client.tls_set(**broker.tls_arguments())
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)

@@ -34,7 +34,9 @@ import hashlib
 import json
 import math
 import re
+import ssl
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlparse
 
@@ -90,6 +92,41 @@ def broker_address(url: str) -> BrokerAddress:
         raise InputError(f"broker URL {url!r}: write mqtt://HOST:PORT or mqtts://HOST:PORT")
     tls = parsed.scheme == "mqtts"
     return BrokerAddress(parsed.hostname, port or (8883 if tls else 1883), tls)
+
+
+class BrokerEndpoint:
+    """What the agent's ``[broker]`` settings and the fleet's connection share: the host, port
+    and TLS of their ``url``, and paho's ``tls_set`` arguments from their certificate files.
+
+    A mixin for dataclasses with ``url``, ``ca_file``, ``cert_file`` and ``key_file`` fields
+    (the kernel does not import paho: the shells pass these arguments on).
+    """
+
+    url: str
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+    @property
+    def host(self) -> str:
+        return broker_address(self.url).host
+
+    @property
+    def port(self) -> int:
+        return broker_address(self.url).port
+
+    @property
+    def tls(self) -> bool:
+        return broker_address(self.url).tls
+
+    def tls_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for paho's ``Client.tls_set``."""
+        return {
+            "ca_certs": str(self.ca_file) if self.ca_file else None,
+            "certfile": str(self.cert_file) if self.cert_file else None,
+            "keyfile": str(self.key_file) if self.key_file else None,
+            "tls_version": ssl.PROTOCOL_TLS_CLIENT,
+        }
 
 
 def device_topic(device_id: str, kind: TopicKind) -> str:
