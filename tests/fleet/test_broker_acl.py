@@ -13,6 +13,7 @@ the forbidden ones would have arrived before it.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import os
 import secrets
@@ -24,10 +25,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import waiting
 from broker import MosquittoBroker
 
 from edgeml.fleet.broker_config import FLEET_USERNAME, ListenerSettings
@@ -40,23 +42,13 @@ from edgeml.fleet.enrollment import (
 )
 from edgeml.fleet.registry import FleetRegistry
 
-T = TypeVar("T")
 PREFIX = "edgeml/v1/devices"
 DEVICE_REPORTS = ("status", "telemetry", "events")
 FLEET_ORDERS = ("commands", "transfer")
 PROFILE_NAME = "raspberry-pi-4"
 
 
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 5.0) -> T:
-    """Poll ``condition`` until it is truthy; its value. Fails naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+wait_for = functools.partial(waiting.wait_for, timeout=5.0, interval=0.01)
 
 
 class Peer:

@@ -7,19 +7,21 @@ a deadline: nothing here asserts after a fixed sleep.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import waiting
 from broker import MosquittoBroker
 
 from edgeml.fleet.enrollment import enroll_device, revoke_device
@@ -46,19 +48,8 @@ PROFILE = "raspberry-pi-4"
 OLD = "cancer-0.9.0-raspberry-pi-4"
 OLDER = "cancer-0.8.0-raspberry-pi-4"
 
-T = TypeVar("T")
 
-
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 10.0) -> T:
-    """Poll ``condition`` until it is truthy; its value. Fails naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+wait_for = functools.partial(waiting.wait_for, timeout=10.0, interval=0.02)
 
 
 def window(device_id: str, seq: int, bundle_id: str | None = OLD) -> TelemetryWindow:

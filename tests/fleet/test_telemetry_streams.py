@@ -9,15 +9,15 @@ still drops a window that really is delivered twice.
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+import waiting
 from agent_process import Agent, write_config
 from broker import MosquittoBroker
 
@@ -34,19 +34,8 @@ DEVICE = "pi-1"
 PROFILE = "raspberry-pi-4"
 BUNDLE = "cancer-1.0.0-raspberry-pi-4"
 
-T = TypeVar("T")
 
-
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    """Poll ``condition`` until it is truthy; its value. Fails naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+wait_for = functools.partial(waiting.wait_for, timeout=30.0, interval=0.05)
 
 
 class RunningFleet:
