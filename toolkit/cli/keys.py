@@ -144,6 +144,15 @@ def _summary(document: TrustDocument, out: Path | None = None) -> dict[str, Any]
     return summary
 
 
+def _report(document: TrustDocument, json_output: bool, out: Path | None = None) -> None:
+    """Print a trust document's summary: one JSON document, or lines for people."""
+    summary = _summary(document, out)
+    if json_output:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     written = f" written to {summary['file']}" if "file" in summary else ""
     typer.echo(f"trust version {summary['version']}{written}")
@@ -204,11 +213,7 @@ def trust_init(
     if previous is not None:
         verify_successor(load_trust_store(previous), document, now=now)
     _write_document(document, out)
-    summary = _summary(document, out)
-    if json_output:
-        print_json(summary)
-        return
-    _print_summary(summary)
+    _report(document, json_output, out)
 
 
 @trust_app.command("update")
@@ -271,11 +276,7 @@ def trust_update(
     ).sign(*signers)
     verify_successor(current, new, now=now)
     _write_document(new, out)
-    summary = _summary(new, out)
-    if json_output:
-        print_json(summary)
-        return
-    _print_summary(summary)
+    _report(new, json_output, out)
 
 
 @trust_app.command("show")
@@ -303,9 +304,6 @@ def trust_show(
     verify_root(parsed)
     if previous is not None:
         verify_successor(load_trust_store(previous), parsed, now=time.time())
-    summary = _summary(parsed)
-    if json_output:
-        print_json(summary)
-        return
-    _print_summary(summary)
-    typer.echo(f"trust version {parsed.version} verifies")
+    _report(parsed, json_output)
+    if not json_output:
+        typer.echo(f"trust version {parsed.version} verifies")
