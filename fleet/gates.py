@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from edgeml.toolkit.errors import InputError
@@ -127,15 +127,7 @@ class DeviceHealth:
 
     def with_baseline(self, baseline: DeviceHealth) -> DeviceHealth:
         """These figures, with the latency of ``baseline`` (the previous bundle) to compare."""
-        return DeviceHealth(
-            self.windows,
-            self.requests,
-            self.rows,
-            self.errors,
-            self.p95_ms,
-            baseline.p95_ms,
-            dict(self.psi),
-        )
+        return replace(self, baseline_p95_ms=baseline.p95_ms)
 
 
 def summarize_windows(windows: Iterable[WindowFigures]) -> DeviceHealth:
