@@ -24,6 +24,9 @@ PSI_EPSILON = 1e-4
 PSI_THRESHOLD = 0.25
 """Above this PSI a feature is flagged as drifted (the usual reading: < 0.1 stable,
 0.1-0.25 moderate shift, > 0.25 significant shift)."""
+# Values side by side per line when many rows are compared at once: long contiguous lines keep
+# numpy's inner loops long (a row of a few features makes them short and the calls many).
+_LINE = 1024
 
 
 def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> list[float]:
@@ -293,7 +296,9 @@ def bin_matrix(
     """Count, for several columns at once, the finite values per bin and the nans.
 
     The same counts as :func:`bin_counts` per column (bins right-closed, infinities in no
-    bin), computed for every column together: one comparison of the whole block per edge.
+    bin), computed for every column together: per edge, one comparison of the whole block and
+    a sum down its columns gives how many values lie above that edge; the bins are the
+    differences of those counts.
 
     Args:
         matrix: shape ``(rows, features)``, float32 or float64.
@@ -304,34 +309,56 @@ def bin_matrix(
         A ``(columns, max edges + 1)`` array of counts per bin (a column with fewer edges has
         zeros beyond its last bin) and the number of nans per column.
     """
-    block = matrix[:, list(columns)] if list(columns) != list(range(matrix.shape[1])) else matrix
-    if block.dtype not in (np.float32, np.float64):
-        block = block.astype(np.float64)
-    block = np.ascontiguousarray(block)  # a sample of every k-th row is a strided view
+    columns = list(columns)
     width = len(columns)
     most = max((len(e) for e in edges), default=0)
+    dtype = matrix.dtype if matrix.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    rows = int(matrix.shape[0])
+    # Rows side by side, ``tile`` of them per line, so that each comparison and each sum runs
+    # along long contiguous lines rather than along rows a few features wide; the last line is
+    # padded with nan, which lies above no edge.
+    tile = max(1, min(_LINE // max(width, 1), rows))
+    lines = -(-rows // tile)
+    block = np.empty((lines * tile, width), dtype=dtype)
+    if columns == list(range(matrix.shape[1])):
+        block[:rows] = matrix  # also makes a strided sample of every k-th row contiguous
+    else:
+        block[:rows] = matrix[:, columns]
+    block[rows:] = np.nan
     padded = np.full((width, max(most, 1)), np.inf)
     for i, feature_edges in enumerate(edges):
         padded[i, : len(feature_edges)] = feature_edges
     # Edges in the block's type, rounded to nearest: rounding is monotonic, so a value at or
     # below an edge stays at or below it; only a value above an edge by less than the type's
     # precision can land one bin low.
-    rounded = padded.astype(block.dtype)
-    index = np.zeros(block.shape, dtype=np.int16 if most < 32_000 else np.int64)
+    rounded = np.tile(padded.astype(dtype).T, (1, tile))  # (edges, tile * width)
+    line_view = block.reshape(lines, tile * width)
+    above = np.empty(line_view.shape, dtype=np.bool_)
+    greater = np.empty((most, width), dtype=np.int64)  # values above each edge, per column
     with np.errstate(invalid="ignore"):
         for k in range(most):
-            index += block > rounded[:, k]
-    finite = np.isfinite(block)
+            np.greater(line_view, rounded[k], out=above)
+            line_sums = above.view(np.uint8).sum(axis=0, dtype=np.int32)
+            greater[k] = line_sums.reshape(tile, width).sum(axis=0)
     nans = np.zeros(width, dtype=np.int64)
-    if not finite.all():
-        nan = np.isnan(block)
-        nans = np.count_nonzero(nan, axis=0)
-        index[~finite] = most + 1
-        index[nan] = most + 2
-    slots = most + 3
-    flat = index.astype(np.int64) + np.arange(width, dtype=np.int64) * slots
-    tally = np.bincount(flat.ravel(), minlength=width * slots).reshape(width, slots)
-    return tally[:, : most + 1], nans
+    infinite_above = np.zeros(width, dtype=np.int64)
+    finite = np.full(width, rows, dtype=np.int64)
+    body = block[:rows]
+    if rows and not np.isfinite(body).all():
+        nans = np.count_nonzero(np.isnan(body), axis=0).astype(np.int64)
+        infinite_above = np.count_nonzero(body == np.inf, axis=0).astype(np.int64)
+        finite -= nans + np.count_nonzero(np.isinf(body), axis=0)
+    # +inf lies above every real edge and in no bin: take it out where an edge is real.
+    real = np.isfinite(padded.T)  # (edges, width): padding is inf
+    greater = np.where(real, greater - infinite_above, 0)
+    tally = np.zeros((width, most + 1), dtype=np.int64)
+    if most:
+        tally[:, 0] = finite - greater[0]
+        tally[:, 1:most] = (greater[:-1] - greater[1:]).T
+        tally[:, most] = greater[-1]
+    else:
+        tally[:, 0] = finite
+    return tally, nans
 
 
 def class_counts(labels: np.ndarray, classes: Sequence[Any]) -> np.ndarray:

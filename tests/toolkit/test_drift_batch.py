@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeml.toolkit import drift
 from edgeml.toolkit.drift import (
@@ -151,6 +153,39 @@ def test_the_existing_baseline_functions_are_unchanged() -> None:
     assert drift.bin_counts(values, [2.0]).tolist() == [2, 2]
     assert drift.psi([0.5, 0.5], [0.5, 0.5]) == 0.0
     assert drift.feature_baseline(values, np.isnan(values), bins=2)["missing"] == 0.2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(0, 200),
+    width=st.integers(1, 40),
+    dtype=st.sampled_from([np.float32, np.float64, np.int64]),
+    stride=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_bin_matrix_counts_as_bin_counts_does_per_column(
+    rows: int, width: int, dtype: type, stride: int, seed: int
+) -> None:
+    """Many columns at once (rows laid side by side, padded to whole lines) count what one
+    column at a time counts: right-closed bins, nan and infinities in no bin, a column with
+    fewer edges zero beyond its last bin, values equal to an edge, a strided sample."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(rows * stride, width + 2)).round(1) * 3
+    if dtype is not np.int64:
+        for special in (np.nan, np.inf, -np.inf):
+            values[rng.random(values.shape) < 0.05] = special
+    matrix = values.astype(dtype)[::stride]
+    columns = sorted(rng.choice(width + 2, size=width, replace=False).tolist())
+    edges = [
+        sorted(set((rng.normal(size=rng.integers(0, 10)).round(1) * 3).tolist())) for _ in columns
+    ]
+    tally, nans = drift.bin_matrix(matrix, columns, edges)
+    for i, (j, column_edges) in enumerate(zip(columns, edges, strict=True)):
+        column = matrix[:, j].astype(np.float64 if dtype is np.int64 else dtype)
+        expected = drift.bin_counts(column, np.asarray(column_edges, dtype=column.dtype))
+        assert tally[i, : len(column_edges) + 1].tolist() == expected.tolist()
+        assert not tally[i, len(column_edges) + 1 :].any()
+        assert nans[i] == np.count_nonzero(np.isnan(column))
 
 
 # --- the HTML report ------------------------------------------------------------------------
