@@ -699,6 +699,7 @@ def _finish(
 
 
 SMALL_BATCH = 16
+_LINE = 1024  # values compared side by side per line in a batch of many rows
 _ALL_TRUE = np.uint64(0x0101010101010101)  # eight numpy booleans, all True, as one word
 
 
@@ -708,27 +709,49 @@ def _rows_to_look_at(
     """Which cells lie within ``[low, high]`` (nan does not), and the rows with any that does
     not.
 
-    The masks are padded to whole 8-byte words per row, so combining the two comparisons
-    and finding the rows that are not all True work on words rather than on single
-    booleans along each short row.
+    Rows are compared ``_LINE`` values at a time, laid side by side against the bounds
+    repeated as often, so numpy's inner loops run along long lines rather than along each
+    short row; the two masks are combined and searched for a cell that is not True eight
+    cells (one machine word) at a time.
     """
     n, width = data.shape
-    if n <= SMALL_BATCH:  # a request of a few rows: plain comparisons cost less than padding
+    if n <= SMALL_BATCH or not data.flags.c_contiguous:
         with np.errstate(invalid="ignore"):
             ok = (data >= low) & (data <= high)
         return ok, np.flatnonzero(~ok.all(axis=1))
-    padded = -(-width // 8) * 8
-    words = padded // 8
-    fill = np.ones if padded != width else np.empty
-    ok = fill((n, padded), dtype=np.bool_)
-    within = fill((n, padded), dtype=np.bool_)
+    cells = n * width
+    words = -(-cells // 8)
+    ok_cells = np.empty(words * 8, dtype=np.bool_)
+    within_cells = np.empty(words * 8, dtype=np.bool_)
+    ok_cells[cells:] = within_cells[cells:] = True
+    tile = max(1, _LINE // width)
+    whole = n // tile * tile  # rows that fill whole lines; the rest are compared as rows
     with np.errstate(invalid="ignore"):
-        np.greater_equal(data, low, out=ok[:, :width])
-        np.less_equal(data, high, out=within[:, :width])
-    combined = ok.view(np.uint64)
-    combined &= within.view(np.uint64)
-    bad = np.flatnonzero(combined.reshape(-1) != _ALL_TRUE)
-    return ok, np.unique(bad // words)
+        if whole:
+            lines = (whole // tile, tile * width)
+            np.greater_equal(
+                data[:whole].reshape(lines),
+                np.tile(low, tile),
+                out=ok_cells[: whole * width].reshape(lines),
+            )
+            np.less_equal(
+                data[:whole].reshape(lines),
+                np.tile(high, tile),
+                out=within_cells[: whole * width].reshape(lines),
+            )
+        if whole < n:
+            rest = (n - whole, width)
+            np.greater_equal(data[whole:], low, out=ok_cells[whole * width : cells].reshape(rest))
+            np.less_equal(data[whole:], high, out=within_cells[whole * width : cells].reshape(rest))
+    combined = ok_cells.view(np.uint64)
+    combined &= within_cells.view(np.uint64)
+    bad_words = np.flatnonzero(combined != _ALL_TRUE)
+    ok = ok_cells[:cells].reshape(n, width)
+    if not bad_words.size:
+        return ok, bad_words
+    candidates = (bad_words[:, None] * 8 + np.arange(8)).ravel()
+    bad_cells = candidates[~ok_cells[candidates]]
+    return ok, np.unique(bad_cells // width)
 
 
 def _plain(value: Any) -> Any:

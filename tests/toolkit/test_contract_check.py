@@ -342,6 +342,54 @@ def test_the_clean_fast_path_never_passes_what_the_full_check_flags(
         assert not report.passed or report.out_of_range
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    width=st.integers(1, 40),
+    rows=st.integers(17, 400),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    strict=st.booleans(),
+    fortran=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_large_batch_is_checked_as_its_rows_are_one_by_one(
+    width: int, rows: int, dtype: type, strict: bool, fortran: bool, seed: int
+) -> None:
+    """Many rows at once (compared a line of many rows at a time, cells combined a machine
+    word at a time, whatever the width and however many rows fill the last line) find the
+    same cells as the rows checked one at a time, where plain comparisons are used."""
+    rng = np.random.default_rng(seed)
+    contract = DataContract(
+        tuple(
+            FeatureSpec(f"f{j}", "float", nullable=j % 3 == 0, minimum=-1.0, maximum=1.0 + j)
+            for j in range(width)
+        )
+    )
+    matrix = rng.uniform(-1.5, 1.5 + width, size=(rows, width)).astype(dtype)
+    matrix[rng.random(matrix.shape) < 0.6] = 0.5  # mostly clean, so whole words pass
+    matrix[rng.random(matrix.shape) < 0.01] = np.nan
+    if fortran:
+        matrix = np.asfortranarray(matrix)
+    names = [spec.name for spec in contract.features]
+    whole = check_matrix(contract, matrix, strict_range=strict)
+    one_by_one = [
+        check_matrix(contract, matrix[i : i + 1], strict_range=strict, first_row=i + 1)
+        for i in range(rows)
+    ]
+    assert whole.invalid.tolist() == [not r.passed for r in one_by_one]
+    assert [v.message for v in whole.violations()] == [
+        v.message for r in one_by_one for v in r.violations()
+    ]
+    below = {
+        n: sum(r.out_of_range[n].below for r in one_by_one if n in r.out_of_range) for n in names
+    }
+    above = {
+        n: sum(r.out_of_range[n].above for r in one_by_one if n in r.out_of_range) for n in names
+    }
+    assert {n: (c.below, c.above) for n, c in whole.out_of_range.items()} == {
+        n: (below[n], above[n]) for n in names if below[n] or above[n]
+    }
+
+
 def test_clean_rows_take_the_fast_path_and_predict_the_same() -> None:
     clean = np.array([[1.0, 3.0, 1.0, -7.5], [10.0, 0.0, 0.0, 1e9]], dtype=np.float32)
     assert is_clean_small_batch(CONTRACT, clean)
