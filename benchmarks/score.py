@@ -279,7 +279,7 @@ def score_ours(bundle: Path, trust: Path, source: Path, target: Path) -> Any:
     from edgeml.toolkit.batch_scoring import ScoreOptions, score_file
     from edgeml.toolkit.scoring import ScoringEngine
 
-    engine = ScoringEngine.open(bundle, trust)
+    engine = ScoringEngine.open(bundle, trust, split_batches=True)
     return score_file(engine, source, target, ScoreOptions(batch_size=BATCH))
 
 
@@ -379,7 +379,7 @@ def peak_kib():
 
 
 bundle, trust, source, target, batch = sys.argv[1:6]
-engine = ScoringEngine.open(bundle, trust)
+engine = ScoringEngine.open(bundle, trust, split_batches=True)
 import pyarrow.parquet  # loaded before the baseline reading, as scoring Parquet loads it
 before = peak_kib()
 start = time.perf_counter()

@@ -1,10 +1,14 @@
 """Score a whole file with a bundle: stream, check, predict, write, and summarise the drift.
 
 :func:`score_file` is what ``edgeml score`` runs (and what a script calls). A reader thread
-reads and types batches into a bounded queue, the calling thread checks each batch against
-the data contract, runs the model on the valid rows and counts drift, and a writer thread
-writes the predictions; memory is bounded by ``batch_size`` times the queue depths, not by the
-file. onnxruntime uses the intra-op threads of the bundle's profile (0: every core).
+reads and types batches, checks each against the data contract and counts drift; the calling
+thread hands the valid rows to the model; a writer thread writes the predictions in order.
+Bounded queues join them, so memory is bounded by ``batch_size`` times the queue depths, not by
+the file. An engine opened with ``split_batches`` (what ``edgeml score`` does on CPU) runs the
+parts of each batch on ``engine.concurrent_runs`` threads at once, each part on a
+single-threaded session, the next batch's parts queued behind: a core busy reading or writing
+holds up one part, never every operator of a batch. Otherwise the model runs on the calling
+thread with the session's intra-op threads.
 
 Invalid rows (DESIGN.md, "Invalid rows") are handled by ``on_invalid``: ``fail`` stops at the
 first batch holding one (nothing is written), ``skip`` drops and counts them, ``quarantine``
@@ -20,6 +24,7 @@ input has been scored, so a failure, a crash or Ctrl-C never leaves a partial ou
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -27,7 +32,8 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +53,16 @@ from edgeml.toolkit.contract import (
 )
 from edgeml.toolkit.drift import PSI_THRESHOLD, DriftCounts, DriftSummary, accumulate, summarise
 from edgeml.toolkit.errors import InputError
-from edgeml.toolkit.scoring import ScoringEngine
+from edgeml.toolkit.scoring import Predictions, ScoringEngine
 
 ON_INVALID = ("fail", "skip", "quarantine")
 DRIFT_SAMPLE = 4096
 FAIL_HINT = "--on-invalid skip or quarantine scores the valid rows"
 ROW_KEY = "_row"
 REASON_KEY = "_reason"
+MIN_PART_ROWS = 4096
+"""A batch is split into parts of at least this many rows (smaller parts cost more in calls
+than running them at once gains)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,8 @@ class ScoreOptions:
             full count by far less than the threshold, at a fraction of the time.
         queue_depth: batches waiting between the reader, the model and the writer.
         examples: how many violations the summary quotes.
+        min_part_rows: with an engine that runs parts of a batch at once
+            (``split_batches``), the fewest rows of a part.
     """
 
     on_invalid: str = "fail"
@@ -87,6 +98,7 @@ class ScoreOptions:
     drift_sample: int | None = DRIFT_SAMPLE
     queue_depth: int = 2
     examples: int = 5
+    min_part_rows: int = MIN_PART_ROWS
 
     def __post_init__(self) -> None:
         if self.on_invalid not in ON_INVALID:
@@ -101,6 +113,8 @@ class ScoreOptions:
             )
         if self.queue_depth < 1:
             raise InputError(f"queue_depth must be at least 1, got {self.queue_depth}")
+        if self.min_part_rows < 1:
+            raise InputError(f"min_part_rows must be at least 1, got {self.min_part_rows}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,7 @@ class ScoreSummary:
     drift: DriftSummary | None = None
     providers: tuple[str, ...] = ()
     threads: int = 0
+    concurrent_runs: int = 1
     batch_size: int = DEFAULT_BATCH_SIZE
 
     @property
@@ -201,6 +216,7 @@ class ScoreSummary:
             "drift": None if self.drift is None else self.drift.to_dict(),
             "providers": list(self.providers),
             "threads": self.threads,
+            "concurrent_runs": self.concurrent_runs,
             "batch_size": self.batch_size,
             "warnings": self.warnings,
         }
@@ -256,6 +272,7 @@ def score_file(
         drift_report=str(options.drift_report) if options.drift_report else None,
         providers=engine.providers,
         threads=engine.threads,
+        concurrent_runs=engine.concurrent_runs,
         batch_size=options.batch_size,
     )
     with contextlib.ExitStack() as stack:
@@ -396,9 +413,11 @@ class _Run:
         self.target = target
         self.out_format = out_format
         self.quarantine_target = quarantine
-        # Feature counts grow in the reading thread, prediction counts in the scoring thread.
-        self.feature_counts = DriftCounts.empty(engine.baseline)
-        self.prediction_counts = DriftCounts.empty(engine.baseline)
+        # Feature counts grow in the calling thread, prediction counts in the writing thread,
+        # each in file order.
+        self.no_counts = DriftCounts.empty(engine.baseline)
+        self.feature_counts = self.no_counts
+        self.prediction_counts = self.no_counts
         self.writer: BatchWriter | None = None
         self.quarantine: Any = None
         self.stop = threading.Event()
@@ -430,25 +449,29 @@ class _Run:
     def stream(self, reader: Any, on_progress: Callable[[ScoreProgress], None] | None) -> None:
         incoming: queue.Queue[Any] = queue.Queue(maxsize=self.options.queue_depth)
         outgoing: queue.Queue[Any] = queue.Queue(maxsize=self.options.queue_depth)
+        runs = self.engine.concurrent_runs
+        pool = ThreadPoolExecutor(runs, thread_name_prefix="edgeml-model") if runs > 1 else None
         producer = threading.Thread(
-            target=self._produce, args=(reader, incoming), name="edgeml-read", daemon=True
+            target=self._produce,
+            args=(reader, incoming, pool),
+            name="edgeml-read",
+            daemon=True,
         )
         consumer = threading.Thread(
-            target=self._consume, args=(outgoing,), name="edgeml-write", daemon=True
+            target=self._consume,
+            args=(outgoing, reader, on_progress),
+            name="edgeml-write",
+            daemon=True,
         )
         producer.start()
         consumer.start()
         try:
-            for prepared in self._prepared(incoming, producer):
-                write = self._score(prepared)
-                if not _put(outgoing, write, self.stop):
+            for checked in self._checked(incoming, producer):
+                prepared = self._account(checked)
+                if self.writer is None:
+                    self.open_output(prepared.ids.kind if prepared.ids is not None else None)
+                if not _put(outgoing, self._run_model(prepared, pool), self.stop):
                     break
-                if on_progress is not None:
-                    on_progress(
-                        ScoreProgress(
-                            prepared.progress, reader.total, reader.unit, prepared.rows_so_far
-                        )
-                    )
             if self.writer is None:  # no rows at all
                 self.open_output(None)
             _put(outgoing, _END, self.stop)
@@ -468,11 +491,22 @@ class _Run:
         finally:
             self.stop.set()
             producer.join(timeout=10)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
-    def _produce(self, reader: Any, incoming: queue.Queue[Any]) -> None:
+    def _produce(
+        self, reader: Any, incoming: queue.Queue[Any], pool: ThreadPoolExecutor | None
+    ) -> None:
+        """Read batches, convert a matrix to the model's type (here: a mapped file's pages
+        are given back once read) and check them, here or on the pool."""
         try:
             for batch in reader:
-                if not _put(incoming, self._prepare(batch), self.stop):
+                matrix = None if batch.matrix is None else self.engine.as_input(batch.matrix)
+                if pool is None:
+                    checked: Any = self._check(batch, matrix)
+                else:
+                    checked = pool.submit(self._check, batch, matrix)
+                if not _put(incoming, checked, self.stop):
                     return
             _put(incoming, _END, self.stop)
         except OSError as error:  # a disk or file failing under the reader: no bug of ours
@@ -481,9 +515,10 @@ class _Run:
         except BaseException as error:  # handed to the scoring thread, raised there
             _put(incoming, _Failure(error), self.stop)
 
-    def _prepared(
+    def _checked(
         self, incoming: queue.Queue[Any], producer: threading.Thread
-    ) -> Iterator[_Prepared]:
+    ) -> Iterator[_Checked]:
+        """The checked batches in file order (waiting for those checked on the pool)."""
         while True:
             if self.errors:
                 raise self.errors[0]
@@ -499,9 +534,14 @@ class _Run:
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            yield item
+            yield item.result() if isinstance(item, Future) else item
 
-    def _consume(self, outgoing: queue.Queue[Any]) -> None:
+    def _consume(
+        self,
+        outgoing: queue.Queue[Any],
+        reader: Any,
+        on_progress: Callable[[ScoreProgress], None] | None,
+    ) -> None:
         try:
             while not self.stop.is_set():
                 try:
@@ -510,7 +550,14 @@ class _Run:
                     continue
                 if item is _END:
                     return
-                item()
+                self._write(item)
+                if on_progress is not None:
+                    prepared = item.prepared
+                    on_progress(
+                        ScoreProgress(
+                            prepared.progress, reader.total, reader.unit, prepared.rows_so_far
+                        )
+                    )
         except OSError as error:  # a full disk, a folder that went away
             self.errors.append(
                 InputError(f"{self.target}: cannot write: {error.strerror or error}")
@@ -533,42 +580,53 @@ class _Run:
 
     # -- one batch
 
-    def _check(self, batch: Batch) -> ContractReport:
+    def _check(self, batch: Batch, matrix: np.ndarray | None) -> _Checked:
+        """Check a batch against the contract, set its invalid rows aside (unless they fail
+        the run) and count its drift: no shared state, so batches are checked at once."""
         options = self.options
-        if batch.matrix is not None:
-            return check_matrix(
+        if matrix is not None:
+            report = check_matrix(
                 self.engine.contract,
-                self.engine.as_input(batch.matrix),
+                matrix,
                 strict_range=options.strict_range,
                 source=batch.source,
                 first_row=batch.first_row,
             )
-        return check_columns(
-            self.engine.contract,
-            batch.columns or {},
-            rows=batch.rows,
-            strict_range=options.strict_range,
-            source=batch.source,
-            first_row=batch.first_row,
-            dtype=self.engine.input_dtype.type,
-        )
+        else:
+            report = check_columns(
+                self.engine.contract,
+                batch.columns or {},
+                rows=batch.rows,
+                strict_range=options.strict_range,
+                source=batch.source,
+                first_row=batch.first_row,
+                dtype=self.engine.input_dtype.type,
+            )
+        valid = report.matrix
+        keep: np.ndarray | None = None
+        quarantined: list[str] = []
+        if not report.passed and options.on_invalid != "fail":
+            if self.quarantine_target is not None:
+                invalid = np.flatnonzero(report.invalid)
+                quarantined = _quarantine_lines(batch, report, invalid, self.features)
+            keep = np.flatnonzero(~report.invalid)
+            valid = valid[keep]
+        every = _drift_stride(len(valid), options.drift_sample)
+        counts = accumulate(self.no_counts, self.engine.baseline, valid[::every], self.features)
+        return _Checked(batch, report, valid, keep, every, counts, quarantined)
 
-    def _prepare(self, batch: Batch) -> _Prepared:
-        """Check a batch and decide about its invalid rows (in the reading thread)."""
-        summary = self.summary
-        report = self._check(batch)
+    def _account(self, checked: _Checked) -> _Prepared:
+        """Add a checked batch to the summary, in file order (calling thread): the first
+        invalid row fails the run here."""
+        summary, report, batch = self.summary, checked.report, checked.batch
         summary.rows += batch.rows
         for name, count in report.out_of_range.items():
             before = summary.out_of_range.get(name)
             summary.out_of_range[name] = count if before is None else before.merge(count)
-        matrix = report.matrix
-        keep: np.ndarray | None = None
-        quarantined: list[str] = []
         if not report.passed:
             if self.options.on_invalid == "fail":
                 report.raise_if_invalid(FAIL_HINT)
-            invalid = np.flatnonzero(report.invalid)
-            summary.invalid_rows += len(invalid)
+            summary.invalid_rows += int(np.count_nonzero(report.invalid))
             for name, kinds in report.counts().items():
                 totals = summary.violations.setdefault(name, {})
                 for kind, count in kinds.items():
@@ -576,26 +634,40 @@ class _Run:
             room = self.options.examples - len(summary.examples)
             if room > 0:
                 summary.examples.extend(report.violations(limit=room))
-            if self.quarantine is not None:
-                quarantined = _quarantine_lines(batch, report, invalid, self.features)
-            keep = np.flatnonzero(~report.invalid)
-            matrix = matrix[keep]
-        every = _drift_stride(len(matrix), self.options.drift_sample)
-        self.feature_counts = accumulate(
-            self.feature_counts, self.engine.baseline, matrix[::every], self.features
-        )
-        ids = batch.ids
+        self.feature_counts = self.feature_counts.merge(checked.counts)
+        ids, keep = batch.ids, checked.keep
         if ids is not None and keep is not None:
             ids = _Ids(ids.name, ids.kind, ids.values[keep], ids.missing[keep])
         elif ids is not None:
             ids = _Ids(ids.name, ids.kind, ids.values, ids.missing)
-        return _Prepared(matrix, ids, quarantined, every, batch.progress, summary.rows)
+        return _Prepared(
+            checked.matrix,
+            ids,
+            checked.quarantined,
+            checked.drift_every,
+            batch.progress,
+            summary.rows,
+        )
 
-    def _score(self, prepared: _Prepared) -> Callable[[], None]:
-        """Run the model on a checked batch and hand its rows to the writer (main thread)."""
-        if self.writer is None:
-            self.open_output(prepared.ids.kind if prepared.ids is not None else None)
-        predictions = self.engine.run(prepared.matrix)
+    def _run_model(self, prepared: _Prepared, pool: ThreadPoolExecutor | None) -> _Running:
+        """Run the model on a checked batch (calling thread): here, or in parts on the pool."""
+        matrix = prepared.matrix
+        if pool is None:
+            return _Running(prepared, [self.engine.run(matrix)])
+        count = max(1, min(self.engine.concurrent_runs, len(matrix) // self.options.min_part_rows))
+        bounds = np.linspace(0, len(matrix), count + 1).astype(int).tolist()
+        parts = [
+            pool.submit(self.engine.run, matrix[start:stop])
+            for start, stop in itertools.pairwise(bounds)
+        ]
+        return _Running(prepared, parts)
+
+    def _write(self, running: _Running) -> None:
+        """Wait for a batch's predictions, count them for drift and write them (writer)."""
+        predictions = Predictions.concatenate(
+            [p.result() if isinstance(p, Future) else p for p in running.parts]
+        )
+        prepared = running.prepared
         self.summary.scored += len(predictions)
         every = prepared.drift_every
         self.prediction_counts = accumulate(
@@ -611,17 +683,10 @@ class _Run:
         if self.options.id_column is not None:
             assert ids is not None
             columns.insert(0, OutputColumn(self.options.id_column, ids.values, ids.missing))
-        writer = self.writer
-        assert writer is not None
-        quarantine = self.quarantine
-        quarantined = prepared.quarantined
-
-        def write() -> None:
-            writer.write(columns)
-            if quarantined:
-                quarantine.write("".join(quarantined))
-
-        return write
+        assert self.writer is not None
+        self.writer.write(columns)
+        if prepared.quarantined:
+            self.quarantine.write("".join(prepared.quarantined))
 
 
 @dataclass(frozen=True, eq=False)
@@ -630,6 +695,20 @@ class _Ids:
     kind: str
     values: np.ndarray
     missing: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Checked:
+    """A batch checked: its report, the valid rows' features (and which rows those are, when
+    some were set aside), their drift counts and the quarantine lines of the others."""
+
+    batch: Batch
+    report: ContractReport
+    matrix: np.ndarray
+    keep: np.ndarray | None
+    drift_every: int
+    counts: DriftCounts
+    quarantined: list[str]
 
 
 @dataclass(frozen=True, eq=False)
@@ -642,6 +721,14 @@ class _Prepared:
     drift_every: int
     progress: int
     rows_so_far: int
+
+
+@dataclass(frozen=True, eq=False)
+class _Running:
+    """A batch handed to the model: its predictions, whole or in parts (futures of the pool)."""
+
+    prepared: _Prepared
+    parts: Sequence[Predictions | Future[Predictions]]
 
 
 def _drift_stride(rows: int, sample: int | None) -> int:

@@ -77,6 +77,22 @@ class Predictions:
             classes=self.classes,
         )
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[Predictions]) -> Predictions:
+        """The predictions of consecutive runs as one, rows in order."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return cls(
+            *(
+                None
+                if getattr(first, name) is None
+                else np.concatenate([getattr(p, name) for p in parts])
+                for name in ("labels", "probabilities", "values")
+            ),
+            classes=first.classes,
+        )
+
     def to_columns(self) -> dict[str, np.ndarray]:
         """The output columns: ``label`` and ``probability_<class>`` each, or ``value``."""
         if self.values is not None:
@@ -104,7 +120,10 @@ class ScoringEngine:
         contract: the data contract, features in the model's input order.
         baseline: the drift reference.
         providers: the onnxruntime providers the session runs on.
-        threads: the intra-op threads asked for (0: every core).
+        threads: the cores the model may use (0: every core): the session's intra-op
+            threads, or with ``split_batches`` the runs at once.
+        concurrent_runs: how many parts of a batch a file scorer runs at once, each on its own
+            thread (1 unless the engine was opened with ``split_batches``).
         input_dtype: the float type the model reads (float32 unless an input is not); rows
             are checked against the contract as the model receives them.
         warnings: what opening the bundle warned about (a missing execution provider).
@@ -120,6 +139,7 @@ class ScoringEngine:
         key_id: str = "",
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        split_batches: bool = False,
     ) -> None:
         self.manifest = manifest
         self.path = path
@@ -130,8 +150,11 @@ class ScoringEngine:
         wanted = tuple(providers) if providers is not None else profile.execution_providers
         self.contract = _contract_in_input_order(manifest)
         self.baseline = baseline
+        session_threads, self.concurrent_runs = self.threads, 1
+        if split_batches and usable_providers(wanted)[0][0] == CPU_PROVIDER:
+            session_threads, self.concurrent_runs = 1, self.threads or usable_cores()
         self.session, self.warnings = scoring_session(
-            model, wanted, self.threads, profile.graph_optimization_level
+            model, wanted, session_threads, profile.graph_optimization_level
         )
         for message in self.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -155,6 +178,7 @@ class ScoringEngine:
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         limits: BundleLimits = DEFAULT_LIMITS,
+        split_batches: bool = False,
     ) -> ScoringEngine:
         """Verify a bundle, then load its model, contract and baseline.
 
@@ -164,6 +188,11 @@ class ScoringEngine:
             threads: intra-op threads; None takes the bundle's profile (0: every core).
             providers: execution providers in order of preference; None takes the profile's.
             limits: size bounds for verification.
+            split_batches: for scoring files on CPU: the session runs on one thread and a
+                file scorer runs ``threads`` parts of each batch at once (no synchronisation
+                inside the model's operators, and a core taken by reading or writing holds up
+                one part, not every operator). Without a CPU provider first, or for a caller
+                scoring one request at a time, leave it off: the session uses the threads.
 
         Returns:
             The engine.
@@ -187,6 +216,7 @@ class ScoringEngine:
             key_id=verified.key_id,
             threads=threads,
             providers=providers,
+            split_batches=split_batches,
         )
 
     @property
@@ -357,6 +387,16 @@ class ScoringEngine:
                 classes=self.classes,
             )
         return Predictions(values=np.zeros(0, dtype=np.float32))
+
+
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 IDLE_WORKERS_SLEEP = {"session.intra_op.allow_spinning": "0"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from edgeml.toolkit.batch_scoring import (
 )
 from edgeml.toolkit.contract import ContractViolation
 from edgeml.toolkit.errors import InputError
-from edgeml.toolkit.scoring import ScoringEngine
+from edgeml.toolkit.scoring import Predictions, ScoringEngine
 from edgeml.toolkit.tabular import read_table
 
 
@@ -32,9 +33,26 @@ def build_fp32(model: TrainedModel, key_dir: Path, out: Path, name: str) -> Path
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory, key_dir: Path, logreg: TrainedModel):
-    bundle = build_fp32(logreg, key_dir, tmp_path_factory.mktemp("fp32"), "cancer")
-    return ScoringEngine.open(bundle, key_dir)
+def classifier_bundle(
+    tmp_path_factory: pytest.TempPathFactory, key_dir: Path, logreg: TrainedModel
+) -> Path:
+    return build_fp32(logreg, key_dir, tmp_path_factory.mktemp("fp32"), "cancer")
+
+
+@pytest.fixture(scope="module", params=["whole batches", "parts at once"])
+def classifier(request: pytest.FixtureRequest, classifier_bundle: Path, key_dir: Path):
+    """The model runs each batch whole on the calling thread, or (as ``edgeml score`` opens
+    it) in parts on three threads at once: every test below must come out the same."""
+    if request.param == "whole batches":
+        return ScoringEngine.open(classifier_bundle, key_dir)
+    engine = ScoringEngine.open(classifier_bundle, key_dir, threads=3, split_batches=True)
+    assert engine.concurrent_runs == 3
+    return engine
+
+
+def options(**given: object) -> ScoreOptions:
+    """Options with parts small enough that the test files' batches are split."""
+    return ScoreOptions(min_part_rows=8, **given)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +109,7 @@ def test_scoring_a_file_reproduces_scikit_learn(
     source = write_input(tmp_path / f"in{suffix}", frame(logreg))
     target = tmp_path / f"out{suffix}"
     id_column = None if suffix == ".npy" else "id"
-    summary = score_file(
-        classifier, source, target, ScoreOptions(batch_size=64, id_column=id_column)
-    )
+    summary = score_file(classifier, source, target, options(batch_size=64, id_column=id_column))
     rows = len(logreg.X_val)
     assert (summary.rows, summary.scored, summary.invalid_rows) == (rows, rows, 0)
     out = read_output(target)
@@ -110,11 +126,44 @@ def test_scoring_a_file_reproduces_scikit_learn(
     assert summary.drift.features[0].psi == pytest.approx(0.0, abs=1e-9)
 
 
+def test_each_batch_runs_in_parts_at_once_and_comes_out_in_order(
+    tmp_path: Path, classifier_bundle: Path, key_dir: Path, logreg: TrainedModel
+) -> None:
+    """Opened for files, the session runs on one thread and each batch is split into up to
+    ``threads`` parts of at least ``min_part_rows`` rows, run on as many threads; the output
+    is the same, row for row, as whole batches give."""
+    engine = ScoringEngine.open(classifier_bundle, key_dir, threads=3, split_batches=True)
+    assert (engine.threads, engine.concurrent_runs) == (3, 3)
+    assert engine.session.get_session_options().intra_op_num_threads == 1
+    runs: list[tuple[int, str]] = []
+    run = engine.run
+
+    def spy(matrix: np.ndarray) -> Predictions:
+        runs.append((len(matrix), threading.current_thread().name))
+        return run(matrix)
+
+    engine.run = spy  # type: ignore[method-assign]
+    source = write_input(tmp_path / "in.npy", frame(logreg))
+    summary = score_file(engine, source, tmp_path / "parts.npy", options(batch_size=64))
+    assert summary.concurrent_runs == 3 and summary.to_dict()["concurrent_runs"] == 3
+    # 171 rows: batches of 64, 64 and 43 rows, each in three parts (at least 8 rows each)
+    assert sorted(n for n, _ in runs) == sorted([21, 21, 22, 21, 21, 22, 14, 14, 15])
+    assert {name.startswith("edgeml-model") for _, name in runs} == {True}
+    whole = ScoringEngine.open(classifier_bundle, key_dir, threads=1)
+    assert whole.concurrent_runs == 1
+    score_file(whole, source, tmp_path / "whole.npy", options(batch_size=64))
+    assert read_output(tmp_path / "parts.npy") == read_output(tmp_path / "whole.npy")
+    # Parts no smaller than min_part_rows: with 20, the 43-row batch runs in two parts.
+    runs.clear()
+    score_file(engine, source, tmp_path / "min.npy", ScoreOptions(batch_size=64, min_part_rows=20))
+    assert sorted(n for n, _ in runs) == sorted([21, 21, 22, 21, 21, 22, 21, 22])
+
+
 def test_a_regressor_writes_values(
     tmp_path: Path, regressor: ScoringEngine, ridge: TrainedModel
 ) -> None:
     source = write_input(tmp_path / "in.parquet", frame(ridge))
-    score_file(regressor, source, tmp_path / "out.csv", ScoreOptions(id_column="id"))
+    score_file(regressor, source, tmp_path / "out.csv", options(id_column="id"))
     out = read_output(tmp_path / "out.csv")
     assert list(out) == ["id", "value"]
     np.testing.assert_allclose(out["value"], ridge.estimator.predict(ridge.X_val), rtol=1e-5)
@@ -147,7 +196,7 @@ def test_fail_stops_at_the_first_invalid_row_and_writes_nothing(
     target = tmp_path / "out.parquet"
     target.write_text("the previous run's output")
     with pytest.raises(ContractViolation) as caught:
-        score_file(classifier, source, target, ScoreOptions(batch_size=32, id_column="id"))
+        score_file(classifier, source, target, options(batch_size=32, id_column="id"))
     message = str(caught.value)
     assert message.startswith(
         f"{source}, row 100, column '{names[2]}': 'twelve' is not a number "
@@ -165,7 +214,7 @@ def test_skip_drops_and_counts_invalid_rows(
     source, names = broken_csv(tmp_path, logreg)
     target = tmp_path / "out.jsonl"
     summary = score_file(
-        classifier, source, target, ScoreOptions(on_invalid="skip", batch_size=32, id_column="id")
+        classifier, source, target, options(on_invalid="skip", batch_size=32, id_column="id")
     )
     assert (summary.rows, summary.scored, summary.invalid_rows) == (171, 169, 2)
     assert summary.violations == {names[2]: {"wrong type": 1}, names[3]: {"null": 1}}
@@ -188,7 +237,7 @@ def test_quarantine_writes_invalid_rows_with_their_reasons(
         classifier,
         source,
         target,
-        ScoreOptions(on_invalid="quarantine", batch_size=32, id_column="id"),
+        options(on_invalid="quarantine", batch_size=32, id_column="id"),
     )
     quarantine = tmp_path / "out.quarantine.jsonl"
     assert summary.quarantine == str(quarantine)
@@ -206,7 +255,7 @@ def test_quarantine_writes_invalid_rows_with_their_reasons(
     records[1][names[3]] = logreg.X_val[149, 2]
     fixed = tmp_path / "fixed.jsonl"
     fixed.write_text("".join(json.dumps(r) + "\n" for r in records))
-    again = score_file(classifier, fixed, tmp_path / "fixed.csv", ScoreOptions(id_column="id"))
+    again = score_file(classifier, fixed, tmp_path / "fixed.csv", options(id_column="id"))
     assert again.scored == 2 and set(again.unknown_columns) == {"_row", "_reason"}
 
 
@@ -222,14 +271,14 @@ def test_a_missing_column_stops_the_run_before_any_row(
         ContractViolation,
         match=rf"in.parquet, column '{dropped}': the column is missing; the contract requires it",
     ):
-        score_file(classifier, source, target, ScoreOptions(on_invalid="skip"))
+        score_file(classifier, source, target, options(on_invalid="skip"))
     assert not target.exists()
     with pytest.raises(InputError, match="no id column 'key'"):
         score_file(
             classifier,
             write_input(tmp_path / "ok.csv", frame(logreg)),
             target,
-            ScoreOptions(id_column="key"),
+            options(id_column="key"),
         )
 
 
@@ -246,7 +295,7 @@ def test_out_of_range_warns_unless_strict(
     assert summary.out_of_range[name].below == 1 and summary.out_of_range[name].above == 1
     assert any(f"2 values of {name!r} outside the validation range" in w for w in summary.warnings)
     with pytest.raises(ContractViolation, match=rf"row 4, column '{name}': 1000000.0 is above"):
-        score_file(classifier, source, tmp_path / "strict.csv", ScoreOptions(strict_range=True))
+        score_file(classifier, source, tmp_path / "strict.csv", options(strict_range=True))
     assert not (tmp_path / "strict.csv").exists()
 
 
@@ -258,9 +307,7 @@ def test_drift_is_flagged_and_reported_in_html(
     columns[name] = columns[name] * 1.8
     source = write_input(tmp_path / "in.npy", columns)
     report = tmp_path / "drift.html"
-    summary = score_file(
-        classifier, source, tmp_path / "out.npy", ScoreOptions(drift_report=report)
-    )
+    summary = score_file(classifier, source, tmp_path / "out.npy", options(drift_report=report))
     assert summary.drift is not None and name in summary.drift.drifted
     drifted = next(f for f in summary.drift.features if f.name == name)
     assert drifted.psi > 0.25 and drifted.ks is not None
@@ -281,9 +328,9 @@ def test_an_interrupted_run_leaves_no_output_and_no_temporary_file(
         if len(seen) == 2:
             raise KeyboardInterrupt
 
-    options = ScoreOptions(batch_size=16, on_invalid="quarantine", drift_report=tmp_path / "d.html")
+    given = options(batch_size=16, on_invalid="quarantine", drift_report=tmp_path / "d.html")
     with pytest.raises(KeyboardInterrupt):
-        score_file(classifier, source, tmp_path / "out.parquet", options, interrupt)
+        score_file(classifier, source, tmp_path / "out.parquet", given, interrupt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
     assert seen[0].unit == "bytes" and seen[0].total == source.stat().st_size
 
@@ -298,9 +345,7 @@ def test_a_failing_writer_leaves_no_output(
     columns["id"][150] = "x" * 80
     source = write_input(tmp_path / "in.parquet", columns)
     with pytest.raises(InputError, match=r"out\.npy: column 'id' holds a value of 80 characters"):
-        score_file(
-            classifier, source, tmp_path / "out.npy", ScoreOptions(id_column="id", batch_size=50)
-        )
+        score_file(classifier, source, tmp_path / "out.npy", options(id_column="id", batch_size=50))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
 
 
@@ -318,7 +363,7 @@ def test_paths_that_collide_and_formats_that_are_unknown(
     with pytest.raises(InputError, match="the OUTPUT is a folder"):
         score_file(classifier, source, tmp_path / "folder.csv")
     with pytest.raises(InputError, match="--on-invalid must be one of"):
-        ScoreOptions(on_invalid="ignore")
+        options(on_invalid="ignore")
 
 
 def test_an_empty_input_gives_an_empty_output(tmp_path: Path, classifier: ScoringEngine) -> None:
@@ -352,7 +397,7 @@ def test_string_class_labels_in_every_format(
     expected = estimator.predict(X).tolist()
     for suffix in (".npy", ".csv", ".jsonl", ".parquet"):
         target = tmp_path / f"out{suffix}"
-        score_file(engine, validation, target, ScoreOptions(batch_size=16))
+        score_file(engine, validation, target, options(batch_size=16))
         out = read_output(target)
         assert out["label"] == expected, suffix
         assert f"probability_{names[1]}" in out

@@ -108,7 +108,11 @@ def score(
     ] = DRIFT_SAMPLE,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", help="onnxruntime threads (default: the profile's; 0: all)."),
+        typer.Option(
+            "--threads",
+            help="Cores the model uses (default: the profile's; 0: all): on CPU, that many "
+            "parts of each batch run at once, one thread each.",
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON document.")
@@ -138,7 +142,7 @@ def score(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        engine = ScoringEngine.open(bundle, trust, threads=threads)
+        engine = ScoringEngine.open(bundle, trust, threads=threads, split_batches=True)
     for warning in caught:
         warn(str(warning.message))
     with (
