@@ -318,7 +318,7 @@ class _NpyWriter(BatchWriter):
             self._open(columns)
         assert self._dtype is not None
         n = len(columns[0].values) if columns else 0
-        block = np.zeros(n, dtype=self._dtype)
+        block = np.empty(n, dtype=self._dtype)  # every field is assigned below
         for field, column in zip(self._fields, columns, strict=True):
             values = column.values
             if field.kind == "string":
@@ -335,7 +335,7 @@ class _NpyWriter(BatchWriter):
             block[field.name] = values
             if column.missing is not None and column.missing.any() and field.kind == "float":
                 block[field.name][column.missing] = np.nan
-        self._file.write(block.tobytes())
+        self._file.write(block.data)
         self.rows += n
         self._file.flush()
         self._writeback.push()
