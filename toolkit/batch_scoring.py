@@ -54,6 +54,7 @@ from edgeml.toolkit.contract import (
 from edgeml.toolkit.drift import PSI_THRESHOLD, DriftCounts, DriftSummary, accumulate, summarise
 from edgeml.toolkit.errors import InputError
 from edgeml.toolkit.scoring import Predictions, ScoringEngine
+from edgeml.toolkit.tabular import Column
 
 ON_INVALID = ("fail", "skip", "quarantine")
 DRIFT_SAMPLE = 4096
@@ -613,13 +614,15 @@ class _Run:
             valid = valid[keep]
         every = _drift_stride(len(valid), options.drift_sample)
         counts = accumulate(self.no_counts, self.engine.baseline, valid[::every], self.features)
-        return _Checked(batch, report, valid, keep, every, counts, quarantined)
+        return _Checked(
+            batch.rows, batch.progress, batch.ids, report, valid, keep, every, counts, quarantined
+        )
 
     def _account(self, checked: _Checked) -> _Prepared:
         """Add a checked batch to the summary, in file order (calling thread): the first
         invalid row fails the run here."""
-        summary, report, batch = self.summary, checked.report, checked.batch
-        summary.rows += batch.rows
+        summary, report = self.summary, checked.report
+        summary.rows += checked.rows
         for name, count in report.out_of_range.items():
             before = summary.out_of_range.get(name)
             summary.out_of_range[name] = count if before is None else before.merge(count)
@@ -635,7 +638,7 @@ class _Run:
             if room > 0:
                 summary.examples.extend(report.violations(limit=room))
         self.feature_counts = self.feature_counts.merge(checked.counts)
-        ids, keep = batch.ids, checked.keep
+        ids, keep = checked.ids, checked.keep
         if ids is not None and keep is not None:
             ids = _Ids(ids.name, ids.kind, ids.values[keep], ids.missing[keep])
         elif ids is not None:
@@ -645,7 +648,7 @@ class _Run:
             ids,
             checked.quarantined,
             checked.drift_every,
-            batch.progress,
+            checked.progress,
             summary.rows,
         )
 
@@ -699,10 +702,13 @@ class _Ids:
 
 @dataclass(frozen=True, eq=False)
 class _Checked:
-    """A batch checked: its report, the valid rows' features (and which rows those are, when
-    some were set aside), their drift counts and the quarantine lines of the others."""
+    """A batch checked: its size and ids, its report, the valid rows' features (and which rows
+    those are, when some were set aside), their drift counts and the quarantine lines of the
+    others. (Not the batch itself: its columns as read would wait in the queue too.)"""
 
-    batch: Batch
+    rows: int
+    progress: int
+    ids: Column | None
     report: ContractReport
     matrix: np.ndarray
     keep: np.ndarray | None
