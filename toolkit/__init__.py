@@ -5,9 +5,6 @@ The kernel imports numpy, onnxruntime and cryptography only; it never imports a 
 (converters, agent, fleet) except lazily from the CLI.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from edgeml.toolkit._version import __version__
 
-try:
-    __version__ = version("edgeml")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+__all__ = ["__version__"]
