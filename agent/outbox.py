@@ -27,8 +27,11 @@ field meets. Its price is one fsync per commit: with one window a minute, and ba
 (``add_many``, ``mark_sent`` of many) in one transaction, that is nothing. Every write is one
 ``BEGIN IMMEDIATE`` transaction, so a crash leaves a batch whole or absent, and a second
 process (``agent status`` reading, a second writer) waits on the lock instead
-of failing. Schema changes are named migrations recorded in the database (sqlite-utils'
-``Migrations``, in the ``_sqlite_migrations`` table).
+of failing. Schema changes are named migrations recorded in the database, in the
+``_sqlite_migrations`` table that sqlite-utils' ``Migrations`` keeps (the same table and rows,
+so either can open the file), applied by a few lines over the standard library's ``sqlite3``:
+importing sqlite-utils (click, dateutil, pluggy and its scan of every installed package's entry
+points) would cost the device agent about 4 MiB of memory for two ``CREATE TABLE``.
 
 What this module leaves to others: making windows (``edgeml.agent.telemetry``), publishing
 them and hearing the acknowledgements (the MQTT link), deciding when (the daemon).
@@ -47,8 +50,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from edgeml.toolkit.errors import ConfigError, InputError
 from edgeml.toolkit.protocol import ProtocolError, TelemetryWindow
@@ -113,7 +114,7 @@ class OutboxStats:
 # ----------------------------------------------------------------------------- migrations
 
 
-def _create_windows(db: sqlite_utils.Database) -> None:
+def _create_windows(db: sqlite3.Connection) -> None:
     db.execute(
         """
         CREATE TABLE windows (
@@ -126,12 +127,12 @@ def _create_windows(db: sqlite_utils.Database) -> None:
         """
     )
     db.execute("CREATE TABLE outbox_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-    db.conn.executemany(
+    db.executemany(
         "INSERT INTO outbox_state (key, value) VALUES (?, 0)", [(k,) for k in _STATE_KEYS]
     )
 
 
-def _add_stream(db: sqlite_utils.Database) -> None:
+def _add_stream(db: sqlite3.Connection) -> None:
     """The stream id: new and random for a database created now; the empty (legacy) stream for
     one that numbered windows before streams existed, so that its numbering goes on."""
     db.execute("CREATE TABLE outbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -154,16 +155,9 @@ def new_stream_id() -> str:
     return secrets.token_hex(8)
 
 
-def _apply_migrations(db: sqlite_utils.Database) -> None:
-    """Apply pending migrations (inside the caller's transaction)."""
-    migrations_class = getattr(sqlite_utils, "Migrations", None)
-    if migrations_class is not None:
-        migrations = migrations_class(MIGRATION_SET)
-        for name, function in MIGRATIONS:
-            migrations(name=name)(function)
-        migrations.apply(db)
-        return
-    # sqlite-utils before 4.0: the same bookkeeping table, kept by hand.
+def _apply_migrations(db: sqlite3.Connection) -> None:
+    """Apply pending migrations (inside the caller's transaction), recording each as
+    sqlite-utils' ``Migrations`` does."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS _sqlite_migrations (id INTEGER PRIMARY KEY, "
         "migration_set TEXT, name TEXT, applied_at TEXT)"
@@ -247,14 +241,14 @@ class TelemetryOutbox:
         self._closed = False
         self._lock = threading.RLock()
         self._busy_timeout_s = busy_timeout_s
-        self._db: sqlite_utils.Database | None = None
+        self._db: sqlite3.Connection | None = None
         self._stream = ""
         if readonly and not self.path.exists():
             return  # nothing to read yet; connect once the daemon has created it
         conn = self._connect()
         try:
             if not readonly:
-                self._db_or_fail().enable_wal()
+                conn.execute("PRAGMA journal_mode = wal")
                 conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
                 conn.execute("PRAGMA journal_size_limit = 4194304")
                 with self._write():
@@ -275,12 +269,12 @@ class TelemetryOutbox:
                 conn = sqlite3.connect(
                     str(self.path), timeout=self._busy_timeout_s, check_same_thread=False
                 )
-            self._db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._db = conn
         except sqlite3.Error as error:
             raise OutboxError(f"{self.path}: cannot open the outbox: {error}") from None
         return conn
 
-    def _db_or_fail(self) -> sqlite_utils.Database:
+    def _db_or_fail(self) -> sqlite3.Connection:
         if self._db is None:
             raise OutboxError(f"{self.path}: the outbox is closed")
         return self._db
@@ -308,7 +302,7 @@ class TelemetryOutbox:
         if self.readonly:
             raise OutboxError(f"{self.path}: the outbox was opened read-only")
         with self._lock:
-            conn = self._db_or_fail().conn
+            conn = self._db_or_fail()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -327,7 +321,7 @@ class TelemetryOutbox:
             if not self.path.exists():
                 return None
             self._connect()
-        conn = self._db_or_fail().conn
+        conn = self._db_or_fail()
         if self.readonly:
             found = conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' "

@@ -160,6 +160,40 @@ def test_the_database_is_wal_with_its_migrations_recorded(tmp_path: Path) -> Non
     assert applied == [("0001_create_windows",), ("0002_add_stream",)]
 
 
+def test_the_migrations_table_is_the_one_sqlite_utils_keeps(tmp_path: Path) -> None:
+    """The outbox records its migrations without importing sqlite-utils, in the table and
+    rows sqlite-utils' ``Migrations`` keeps: a file migrated by either is up to date for the
+    other (a device that ran an agent applying them through sqlite-utils keeps its windows)."""
+    sqlite_utils = pytest.importorskip("sqlite_utils")
+    if not hasattr(sqlite_utils, "Migrations"):
+        pytest.skip("sqlite-utils before 4.0 has no Migrations")
+    from edgeml.agent.outbox import MIGRATIONS
+
+    def migrations_of_sqlite_utils(applied: list[str]) -> Any:
+        migrations = sqlite_utils.Migrations(MIGRATION_SET)
+        for name, function in MIGRATIONS:
+
+            def apply(db: Any, _function: Any = function, _name: str = name) -> None:
+                applied.append(_name)
+                _function(db.conn)
+
+            migrations(name=name)(apply)
+        return migrations
+
+    by_library = tmp_path / "by-sqlite-utils.db"
+    applied: list[str] = []
+    migrations_of_sqlite_utils(applied).apply(sqlite_utils.Database(by_library))
+    assert applied == [name for name, _ in MIGRATIONS]
+    with TelemetryOutbox(by_library) as outbox:  # nothing applied twice, and it works
+        assert outbox.migrations() == applied
+        assert outbox.add(window(1)) == 1
+    ours = tmp_path / "by-the-outbox.db"
+    TelemetryOutbox(ours).close()
+    again: list[str] = []
+    migrations_of_sqlite_utils(again).apply(sqlite_utils.Database(ours))
+    assert again == [], "sqlite-utils sees the outbox's migrations as applied"
+
+
 def test_bad_settings_and_bad_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_bytes"):
         TelemetryOutbox(tmp_path / "a.db", max_bytes=0)
