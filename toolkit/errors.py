@@ -54,3 +54,14 @@ class GateError(EdgeMLError):
     """A quality gate failed: a budget is broken or the ONNX model does not match its source."""
 
     exit_code = 4
+
+
+ISSUES_URL = "https://github.com/edgeml/edgeml/issues"
+
+
+def bug_report_line(error: BaseException) -> str:
+    """What a command prints under the traceback of an exception it did not expect."""
+    return (
+        f"unexpected failure ({type(error).__name__}: {error}); this is a bug in edgeml, "
+        f"please report it at {ISSUES_URL} with the trace above"
+    )

@@ -8,8 +8,6 @@ lazily so that ``edgeml --help`` stays fast.
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,22 +34,9 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
 ) -> None:
     """Run the agent until SIGTERM or Ctrl-C: local API, broker link, installs, telemetry."""
-    from edgeml.agent.config import load_config
-    from edgeml.agent.daemon import AgentDaemon
+    from edgeml.agent.entry import run_agent
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    daemon = AgentDaemon(load_config(config))
-
-    def stop(_signal: int, _frame: Any) -> None:
-        daemon.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    info(f"agent {daemon.config.device_id}: API on {daemon.api.address}")
-    daemon.run()
+    run_agent(config, verbose=verbose, announce=info)
 
 
 def status_document(config_path: Path) -> dict[str, Any]:

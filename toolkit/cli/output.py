@@ -12,12 +12,10 @@ from typing import Any, NoReturn, TypeVar
 from rich.console import Console
 from rich.markup import escape
 
-from edgeml.toolkit.errors import EdgeMLError
+from edgeml.toolkit.errors import EdgeMLError, bug_report_line
 
 stdout = Console()
 stderr = Console(stderr=True)
-
-ISSUES_URL = "https://github.com/edgeml/edgeml/issues"
 
 
 def print_json(document: Any) -> None:
@@ -50,10 +48,7 @@ def report_bug(error: BaseException) -> NoReturn:
     """
     traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     stderr.print(
-        f"[red]error:[/red] unexpected failure ({type(error).__name__}: {escape(str(error))}); "
-        f"this is a bug in edgeml, please report it at {ISSUES_URL} with the trace above",
-        highlight=False,
-        soft_wrap=True,
+        f"[red]error:[/red] {escape(bug_report_line(error))}", highlight=False, soft_wrap=True
     )
     raise SystemExit(1)
 

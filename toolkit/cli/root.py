@@ -1,4 +1,4 @@
-"""The ``edgeml`` command: one Typer app per area, composed here.
+"""The ``edgeml`` command's Typer app: one Typer app per area, composed here.
 
 The CLI is a thin shell: each command parses its arguments, calls an importable API and turns
 ``EdgeMLError`` into its exit code (DESIGN.md). Sides (converters, agent, fleet) are imported
@@ -38,8 +38,3 @@ app.command("build")(build_cli.build)
 app.command("verify")(bundles_cli.verify)
 app.command("inspect")(bundles_cli.inspect)
 app.command("score")(score_cli.score)
-
-
-def main() -> None:
-    """Console entry point."""
-    app()
