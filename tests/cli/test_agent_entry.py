@@ -26,7 +26,8 @@ try:
     code = 0
 except SystemExit as exit:
     code = exit.code
-loaded = sorted(m for m in ("typer", "click", "rich", "edgeml.toolkit.cli.root") if m in sys.modules)
+watched = ("typer", "click", "rich", "edgeml.toolkit.cli.root")
+loaded = sorted(m for m in watched if m in sys.modules)
 print(json.dumps({"code": code, "loaded": loaded}), file=sys.stderr)
 """
 
