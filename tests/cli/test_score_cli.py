@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -61,9 +62,26 @@ def test_score_prints_a_json_summary_on_stdout(
     assert summary["rows"] == summary["scored"] == len(logreg.X_val)
     assert summary["invalid_rows"] == 0 and summary["rows_per_second"] > 0
     assert summary["threads"] == 4 and summary["providers"] == ["CPUExecutionProvider"]
+    assert summary["concurrent_runs"] == 4, "the profile's 4 threads each run parts of a batch"
     assert [f["feature"] for f in summary["drift"]["features"]] == list(logreg.feature_names)
     assert all("psi" in f and "ks" in f and "drifted" in f for f in summary["drift"]["features"])
     assert out.exists() and report.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_threads_are_the_parts_of_a_batch_run_at_once(
+    tmp_path: Path, built_bundle: Path, key_dir: Path, logreg: TrainedModel
+) -> None:
+    source = features_csv(tmp_path / "in.csv", logreg)
+    for threads, runs in (("2", 2), ("0", len(os.sched_getaffinity(0)))):
+        result = runner.invoke(
+            app,
+            score_args(
+                built_bundle, source, tmp_path / "o.csv", key_dir, "--threads", threads, "--json"
+            ),
+        )
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert (summary["threads"], summary["concurrent_runs"]) == (int(threads), runs)
 
 
 def test_score_prints_tables_without_json(

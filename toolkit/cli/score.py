@@ -182,6 +182,8 @@ def _print_summary(summary: Any) -> None:
     facts.add_row("scored", f"{summary.scored:,}")
     facts.add_row("invalid rows", f"{summary.invalid_rows:,} ({summary.on_invalid})")
     facts.add_row("output", summary.output)
+    runs = f", {summary.concurrent_runs} parts at once" if summary.concurrent_runs > 1 else ""
+    facts.add_row("model", f"{', '.join(summary.providers)}{runs}")
     if summary.quarantine:
         facts.add_row("quarantine", summary.quarantine)
     if summary.drift_report:
