@@ -15,14 +15,13 @@ prints its traceback and where to report it, and exits 1.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from edgeml.toolkit.errors import EdgeMLError, bug_report_line
+from edgeml.toolkit.foreground import run_until_signalled
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -45,14 +44,8 @@ def run_agent(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
     daemon = AgentDaemon(load_config(config_path))
-
-    def stop(_signal: int, _frame: Any) -> None:
-        daemon.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     announce(f"agent {daemon.config.device_id}: API on {daemon.api.address}")
-    daemon.run()
+    run_until_signalled(daemon.run, daemon.stop)
 
 
 def parse_run_arguments(arguments: Sequence[str]) -> tuple[Path, bool] | None:

@@ -8,7 +8,6 @@ carries out what they queue on its next tick.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edgeml.toolkit.cli.output import handles_errors, info, print_json, stdout
+from edgeml.toolkit.foreground import run_until_signalled
 
 app = typer.Typer(
     help="The fleet service: devices, bundles, staged rollouts with health gates.",
@@ -110,14 +110,8 @@ def serve(
     service = FleetService(
         db, connection, load_trust_store(trust), tick_s=tick, health_every_s=health_every
     )
-
-    def stop(_signal: int, _frame: Any) -> None:
-        service.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     info(f"fleet service on {broker} with registry {db}")
-    service.run()
+    run_until_signalled(service.run, service.stop)
 
 
 @app.command("publish")
