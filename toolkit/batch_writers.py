@@ -163,18 +163,15 @@ def _texts(field: OutputField, column: OutputColumn, null: str, json_strings: bo
     return out
 
 
-class _DelimitedWriter(BatchWriter):
-    def __init__(self, path: str, fields: Sequence[OutputField], delimiter: str) -> None:
-        self._fields = tuple(fields)
-        self._file = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        self._writeback = Writeback(path)
-        self._writer = csv.writer(self._file, delimiter=delimiter, lineterminator="\n")
-        self._writer.writerow([f.name for f in self._fields])
+class _TextWriter(BatchWriter):
+    """A UTF-8 text file: each batch handed to the disk as it is written, synced at close."""
 
-    def write(self, columns: Sequence[OutputColumn]) -> None:
-        texts = [_texts(f, c, "", False) for f, c in zip(self._fields, columns, strict=True)]
-        self._writer.writerows(zip(*texts, strict=True))
-        self.rows += len(columns[0].values) if columns else 0
+    def __init__(self, path: str, newline: str | None) -> None:
+        self._file = open(path, "w", encoding="utf-8", newline=newline)  # noqa: SIM115
+        self._writeback = Writeback(path)
+
+    def _written(self, rows: int) -> None:
+        self.rows += rows
         self._file.flush()
         self._writeback.push()
 
@@ -188,11 +185,23 @@ class _DelimitedWriter(BatchWriter):
                 self._writeback.close()
 
 
-class _JsonLinesWriter(BatchWriter):
-    def __init__(self, path: str, fields: Sequence[OutputField]) -> None:
+class _DelimitedWriter(_TextWriter):
+    def __init__(self, path: str, fields: Sequence[OutputField], delimiter: str) -> None:
+        super().__init__(path, newline="")
         self._fields = tuple(fields)
-        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115
-        self._writeback = Writeback(path)
+        self._writer = csv.writer(self._file, delimiter=delimiter, lineterminator="\n")
+        self._writer.writerow([f.name for f in self._fields])
+
+    def write(self, columns: Sequence[OutputColumn]) -> None:
+        texts = [_texts(f, c, "", False) for f, c in zip(self._fields, columns, strict=True)]
+        self._writer.writerows(zip(*texts, strict=True))
+        self._written(len(columns[0].values) if columns else 0)
+
+
+class _JsonLinesWriter(_TextWriter):
+    def __init__(self, path: str, fields: Sequence[OutputField]) -> None:
+        super().__init__(path, newline=None)
+        self._fields = tuple(fields)
         keys = [json.dumps(f.name) for f in self._fields]
         self._template = "{" + ",".join(f"{k}:%s" for k in keys) + "}\n"
 
@@ -200,18 +209,7 @@ class _JsonLinesWriter(BatchWriter):
         texts = [_texts(f, c, "null", True) for f, c in zip(self._fields, columns, strict=True)]
         template = self._template
         self._file.write("".join([template % row for row in zip(*texts, strict=True)]))
-        self.rows += len(columns[0].values) if columns else 0
-        self._file.flush()
-        self._writeback.push()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            try:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            finally:
-                self._file.close()
-                self._writeback.close()
+        self._written(len(columns[0].values) if columns else 0)
 
 
 class _ParquetWriter(BatchWriter):

@@ -22,7 +22,13 @@ from edgeml.toolkit.batch_io import (
     open_reader,
     type_text_column,
 )
-from edgeml.toolkit.batch_writers import OutputColumn, OutputField, open_writer, read_npy_header
+from edgeml.toolkit.batch_writers import (
+    WRITEBACK_MIN_BYTES,
+    OutputColumn,
+    OutputField,
+    open_writer,
+    read_npy_header,
+)
 from edgeml.toolkit.errors import InputError
 from edgeml.toolkit.tabular import infer_column
 
@@ -270,6 +276,31 @@ def test_writers_round_trip(tmp_path: Path, suffix: str) -> None:
         assert array["label"].tolist() == [1, 0, 1, 1, 0, 1]
         assert array["probability_0"].dtype == np.float32
         assert array["id"][3] == "r3"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet", ".npy"])
+def test_files_larger_than_the_writeback_step_come_out_whole(tmp_path: Path, suffix: str) -> None:
+    """Past ``WRITEBACK_MIN_BYTES`` each batch is handed to the disk as it is written (and
+    its pages left out of the cache): what is read back is still every row, in order."""
+    path = tmp_path / f"big{suffix}"
+    fields = [OutputField("label", "integer"), OutputField("value", "float")]
+    writer = open_writer(path, fields, file_format=file_format(path))
+    rows, batch = 0, 40_000
+    for start in range(0, 200_000, batch):
+        labels = np.arange(start, start + batch)
+        writer.write([OutputColumn("label", labels), OutputColumn("value", labels / 7.0)])
+        rows += batch
+    writer.close()
+    assert path.stat().st_size > 2 * WRITEBACK_MIN_BYTES
+    if suffix == ".npy":
+        labels = np.load(path)["label"]
+    elif suffix == ".parquet":
+        labels = pq.read_table(path).column("label").to_numpy()
+    elif suffix == ".csv":
+        labels = np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, dtype=np.int64)
+    else:
+        labels = np.array([json.loads(line)["label"] for line in path.open()])
+    assert labels.tolist() == list(range(rows))
 
 
 def test_an_empty_npy_output_is_a_valid_array(tmp_path: Path) -> None:
