@@ -78,7 +78,8 @@ def markdown_body(b: AgentBenchmark, env: Environment) -> str:
         f"The device agent serving `{b.bundle_id}` (the reference MLP (256, 128) on digits, "
         "built for raspberry-pi-4: int8), run as a real `edgeml agent run` process with a real "
         "Mosquitto on loopback and measured from outside; the bare onnxruntime session and the "
-        "scoring engine in the benchmark's own process, in the same run. This host is x86-64, "
+        "scoring engine in the benchmark's own process, in the same run, taking turns over three "
+        "rounds (the medians of the rounds count). This host is x86-64, "
         "not a Raspberry Pi: the ratios carry over, the absolute figures do not.",
         "",
         *env.markdown_lines(),
