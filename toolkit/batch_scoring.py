@@ -553,10 +553,10 @@ class _Run:
                     return
                 self._write(item)
                 if on_progress is not None:
-                    prepared = item.prepared
+                    written = item.written
                     on_progress(
                         ScoreProgress(
-                            prepared.progress, reader.total, reader.unit, prepared.rows_so_far
+                            written.progress, reader.total, reader.unit, written.rows_so_far
                         )
                     )
         except OSError as error:  # a full disk, a folder that went away
@@ -656,40 +656,40 @@ class _Run:
         """Run the model on a checked batch (calling thread): here, or in parts on the pool."""
         matrix = prepared.matrix
         if pool is None:
-            return _Running(prepared, [self.engine.run(matrix)])
+            return _Running(_Written.of(prepared), [self.engine.run(matrix)])
         count = max(1, min(self.engine.concurrent_runs, len(matrix) // self.options.min_part_rows))
         bounds = np.linspace(0, len(matrix), count + 1).astype(int).tolist()
         parts = [
             pool.submit(self.engine.run, matrix[start:stop])
             for start, stop in itertools.pairwise(bounds)
         ]
-        return _Running(prepared, parts)
+        return _Running(_Written.of(prepared), parts)
 
     def _write(self, running: _Running) -> None:
         """Wait for a batch's predictions, count them for drift and write them (writer)."""
         predictions = Predictions.concatenate(
             [p.result() if isinstance(p, Future) else p for p in running.parts]
         )
-        prepared = running.prepared
+        written = running.written
         self.summary.scored += len(predictions)
-        every = prepared.drift_every
+        every = written.drift_every
         self.prediction_counts = accumulate(
             self.prediction_counts,
             self.engine.baseline,
-            prepared.matrix[:0],
+            _NO_ROWS,
             (),
             labels=None if predictions.labels is None else predictions.labels[::every],
             values=None if predictions.values is None else predictions.values[::every],
         )
         columns = self.engine.output_columns(predictions)
-        ids = prepared.ids
+        ids = written.ids
         if self.options.id_column is not None:
             assert ids is not None
             columns.insert(0, OutputColumn(self.options.id_column, ids.values, ids.missing))
         assert self.writer is not None
         self.writer.write(columns)
-        if prepared.quarantined:
-            self.quarantine.write("".join(prepared.quarantined))
+        if written.quarantined:
+            self.quarantine.write("".join(written.quarantined))
 
 
 @dataclass(frozen=True, eq=False)
@@ -730,11 +730,36 @@ class _Prepared:
 
 
 @dataclass(frozen=True, eq=False)
+class _Written:
+    """What the writer needs of a batch besides its predictions (not its features: those go
+    as soon as the model has read them, rather than wait in the queue to the writer)."""
+
+    ids: _Ids | None
+    quarantined: list[str]
+    drift_every: int
+    progress: int
+    rows_so_far: int
+
+    @classmethod
+    def of(cls, prepared: _Prepared) -> _Written:
+        return cls(
+            prepared.ids,
+            prepared.quarantined,
+            prepared.drift_every,
+            prepared.progress,
+            prepared.rows_so_far,
+        )
+
+
+@dataclass(frozen=True, eq=False)
 class _Running:
     """A batch handed to the model: its predictions, whole or in parts (futures of the pool)."""
 
-    prepared: _Prepared
+    written: _Written
     parts: Sequence[Predictions | Future[Predictions]]
+
+
+_NO_ROWS = np.zeros((0, 0))
 
 
 def _drift_stride(rows: int, sample: int | None) -> int:
