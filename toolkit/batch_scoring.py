@@ -1,8 +1,10 @@
 """Score a whole file with a bundle: stream, check, predict, write, and summarise the drift.
 
 :func:`score_file` is what ``edgeml score`` runs (and what a script calls). A reader thread
-reads and types batches, checks each against the data contract and counts drift; the calling
-thread hands the valid rows to the model; a writer thread writes the predictions in order.
+reads and types batches; each is checked against the data contract and counted for drift (on
+the model's threads when there are several, else on the reader's); the calling thread adds
+each batch to the summary in file order and hands the valid rows to the model; a writer thread
+writes the predictions in order.
 Bounded queues join them, so memory is bounded by ``batch_size`` times the queue depths, not by
 the file. An engine opened with ``split_batches`` (what ``edgeml score`` does on CPU) runs the
 parts of each batch on ``engine.concurrent_runs`` threads at once, each part on a
