@@ -185,7 +185,9 @@ class ScoringEngine:
         Args:
             bundle_path: the ``.edgeml`` file.
             trust: a trust store, or the path of a ``.pub`` file or a folder of them.
-            threads: intra-op threads; None takes the bundle's profile (0: every core).
+            threads: the cores the model may use: the session's intra-op threads, or with
+                ``split_batches`` the parts run at once; None takes the bundle's profile (0:
+                every core).
             providers: execution providers in order of preference; None takes the profile's.
             limits: size bounds for verification.
             split_batches: for scoring files on CPU: the session runs on one thread and a
