@@ -349,6 +349,28 @@ def test_a_failing_writer_leaves_no_output(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
 
 
+def test_a_model_failing_on_one_part_stops_the_run_with_nothing_written(
+    tmp_path: Path, classifier_bundle: Path, key_dir: Path, logreg: TrainedModel
+) -> None:
+    """A part of a later batch failing on a model thread stops the run: the error reaches the
+    caller, the other threads stop, no output or temporary file is left."""
+    engine = ScoringEngine.open(classifier_bundle, key_dir, threads=3, split_batches=True)
+    run, calls = engine.run, []
+
+    def failing(matrix: np.ndarray) -> Predictions:
+        calls.append(len(matrix))
+        if len(calls) == 5:
+            raise RuntimeError("the model failed on this part")
+        return run(matrix)
+
+    engine.run = failing  # type: ignore[method-assign]
+    source = write_input(tmp_path / "in.npy", frame(logreg))
+    with pytest.raises(RuntimeError, match="the model failed on this part"):
+        score_file(engine, source, tmp_path / "out.csv", options(batch_size=64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+    assert not any(t.name.startswith("edgeml-") for t in threading.enumerate()), "threads left"
+
+
 def test_paths_that_collide_and_formats_that_are_unknown(
     tmp_path: Path, classifier: ScoringEngine, logreg: TrainedModel
 ) -> None:
