@@ -73,6 +73,7 @@ __all__ = [  # the document's names are re-exported: callers import the engine's
     "SendInstall",
     "StageRecord",
     "StageSize",
+    "is_settled",
     "new_rollout",
     "parse_selector",
     "parse_stages",
@@ -576,6 +577,16 @@ def _advance_stage(work: _Step) -> None:
 def _replace_stage(work: _Step, stage: StageRecord) -> None:
     log = work.rollout.stage_log
     work.set(stage_log=(*log[:-1], stage))
+
+
+def is_settled(document: Mapping[str, Any]) -> bool:
+    """Whether a status document (:func:`summary`) shows a rollout that will not change any
+    more on its own: succeeded or aborted, or rolled back with no device still going back."""
+    state = document.get("state")
+    if state in FINAL_STATES:
+        return True
+    devices = document.get("devices") or ()
+    return state == "rolled-back" and not any(d.get("state") == "rolling-back" for d in devices)
 
 
 def summary(rollout: Rollout) -> dict[str, Any]:

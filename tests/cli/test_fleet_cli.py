@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -506,6 +507,23 @@ def test_rollout_status_table_renders_a_rolled_back_rollout(
     document = json.loads(as_json.stdout)
     assert document["state"] == "rolled-back"
     assert document["failure"]["gates"] == {"self-test": ["pi-1"]}
+    # Settled (no device has to go back): --watch shows it and returns instead of refreshing.
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("--watch kept refreshing"))
+    signal.alarm(20)
+    try:
+        watched = fleet(
+            "rollout",
+            "status",
+            rollout.rollout_id,
+            "--db",
+            str(db),
+            "--watch",
+            "--interval",
+            "0.01",
+        )
+    finally:
+        signal.alarm(0)
+    assert watched.exit_code == 0 and "rolled-back" in watched.stdout
 
 
 # --- fleet rollout pause | resume | approve | abort -------------------------------------------

@@ -25,6 +25,7 @@ from edgeml.fleet.rollout import (
     Rollout,
     SendActivate,
     SendInstall,
+    is_settled,
     new_rollout,
     parse_selector,
     parse_stages,
@@ -440,3 +441,15 @@ def test_invariants_hold_for_any_fleet(
         failed = [e for e in rollout.devices.values() if e.state in ("failed", "unhealthy")]
         counted = [e for e in rollout.devices.values() if e.state != "offline"]
         assert len(failed) <= gates.error_threshold * len(counted)
+
+
+def test_a_status_document_is_settled_when_nothing_more_will_happen_on_its_own() -> None:
+    """``rollout status --watch`` stops there: succeeded or aborted, or rolled back with no
+    device still on its way back."""
+    for state in ("succeeded", "aborted"):
+        assert is_settled({"state": state, "devices": []})
+    for state in ("running", "waiting-approval", "paused"):
+        assert not is_settled({"state": state, "devices": []})
+    going_back = [{"device_id": "pi-1", "state": "rolling-back"}, {"state": "rolled-back"}]
+    assert not is_settled({"state": "rolled-back", "devices": going_back})
+    assert is_settled({"state": "rolled-back", "devices": going_back[1:]})

@@ -362,14 +362,18 @@ def rollout_status(
     rollout_id: Annotated[str, typer.Argument(help="The rollout's id.")],
     db: DbOption,
     json_output: JsonOption = False,
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh the table until Ctrl-C.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh the table until the rollout settles.")
+    ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
 ) -> None:
     """Show a rollout: stages, devices per state, gate figures, and why.
 
-    With --watch the table refreshes until Ctrl-C.
+    With --watch the table refreshes until the rollout settles (succeeded, aborted, or
+    rolled back with every device back) or Ctrl-C.
     """
     from edgeml.fleet.operations import rollout_status as read_status
+    from edgeml.fleet.rollout import is_settled
 
     with _registry(db) as registry:
         document = read_status(registry, rollout_id)
@@ -381,9 +385,10 @@ def rollout_status(
             return
         with Live(status_table(document), console=stdout, refresh_per_second=4) as live:
             try:
-                while True:
+                while not is_settled(document):
                     time.sleep(interval)
-                    live.update(status_table(read_status(registry, rollout_id)))
+                    document = read_status(registry, rollout_id)
+                    live.update(status_table(document))
             except KeyboardInterrupt:
                 return
 
