@@ -94,6 +94,20 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class InstallSettings:
+    """How the agent receives bundles (``[install]``)."""
+
+    reserve_mb: float = 16.0
+    """Free space a transfer leaves on the state folder's disk beyond the bundle's bytes: an
+    install never fills the disk. A device with less room than that refuses every install
+    (DiskFullError names free and needed); lower it there."""
+
+    @property
+    def reserve_bytes(self) -> int:
+        return int(self.reserve_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole ``agent.toml``."""
 
@@ -106,13 +120,24 @@ class AgentConfig:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    install: InstallSettings = field(default_factory=InstallSettings)
 
     @property
     def outbox_path(self) -> Path:
         return self.state_dir / "outbox.db"
 
 
-_TOP = ("device_id", "profile", "tags", "state_dir", "trust", "broker", "api", "telemetry")
+_TOP = (
+    "device_id",
+    "profile",
+    "tags",
+    "state_dir",
+    "trust",
+    "broker",
+    "api",
+    "telemetry",
+    "install",
+)
 _TABLES: dict[str, tuple[str, ...]] = {
     "broker": (
         "url",
@@ -125,6 +150,7 @@ _TABLES: dict[str, tuple[str, ...]] = {
     ),
     "api": ("listen", "token_file", "max_body_bytes"),
     "telemetry": ("window_s", "max_buffer_mb", "max_windows", "max_in_flight", "publish_batch"),
+    "install": ("reserve_mb",),
 }
 
 
@@ -275,6 +301,8 @@ def load_config(path: Path | str) -> AgentConfig:
             "at most 1000 (paho's message ids are 16-bit)",
             telemetry.max_in_flight,
         )
+    i = reader.table("install")
+    reserve_mb = float(reader.number(i, "reserve_mb", "install.reserve_mb", 16.0))
     return AgentConfig(
         source=source,
         device_id=device_id,
@@ -285,6 +313,7 @@ def load_config(path: Path | str) -> AgentConfig:
         broker=broker,
         api=api,
         telemetry=telemetry,
+        install=InstallSettings(reserve_mb=reserve_mb),
     )
 
 

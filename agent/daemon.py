@@ -435,7 +435,11 @@ class AgentDaemon:
             self._result(command, "succeeded", "already active")
             return
         try:
-            transfer = IncomingTransfer.from_command(self.config.state_dir, command)
+            transfer = IncomingTransfer.from_command(
+                self.config.state_dir,
+                command,
+                reserve_bytes=self.config.install.reserve_bytes,
+            )
         except EdgeMLError as error:
             self._result(command, "refused", str(error))
             return

@@ -25,6 +25,7 @@ def write_config(
     window_s: float = 0.5,
     device_id: str = "pi-1",
     tags: Sequence[str] = ("canary",),
+    reserve_mb: float | None = None,
 ) -> Path:
     """An agent.toml in ``folder`` for a device on ``broker`` trusting ``key_dir``'s key."""
     api_port = free_port()
@@ -35,6 +36,7 @@ def write_config(
         f'state_dir = "{folder / "state"}"\ntrust = "{key_dir / "edgeml.pub"}"\n'
         f'[broker]\nurl = "{broker.url}"\n[api]\nlisten = "127.0.0.1:{api_port}"\n'
         f"[telemetry]\nwindow_s = {window_s}\n"
+        + ("" if reserve_mb is None else f"[install]\nreserve_mb = {reserve_mb}\n")
     )
     return config
 

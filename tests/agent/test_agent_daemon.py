@@ -106,6 +106,26 @@ def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
     assert agent.get("/v1/health")[1]["bundle"] == "cancer-1.0.0-raspberry-pi-4"
 
 
+def test_the_configured_disk_reserve_is_kept_by_every_transfer(
+    tmp_path: Path, broker: MosquittoBroker, key_dir: Path, peer: ProtocolPeer, built_bundle: Path
+) -> None:
+    """``[install] reserve_mb`` reaches the transfer: a reserve larger than any disk refuses
+    the install before a byte is written, naming free space, need and the reserve."""
+    config = write_config(tmp_path, broker, key_dir, reserve_mb=1e9)  # about a petabyte
+    running = Agent(config)
+    try:
+        peer.wait(lambda: "pi-1" in peer.statuses and peer.statuses["pi-1"].online, 20, "online")
+        refused = peer.result(peer.install("pi-1", built_bundle))
+        assert refused.outcome in ("refused", "failed"), refused
+        assert "bytes free" in refused.detail, refused.detail
+        assert f"reserve of {int(1e9 * 1024 * 1024)}" in refused.detail, refused.detail
+        assert not (tmp_path / "state" / "incoming").exists() or not list(
+            (tmp_path / "state" / "incoming").iterdir()
+        )
+    finally:
+        running.stop()
+
+
 def test_a_bundle_that_fails_its_self_test_is_refused(
     agent: Agent, peer: ProtocolPeer, built_bundle: Path, tmp_path: Path, key_dir: Path
 ) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeml.agent.config import load_config
+from edgeml.agent.config import InstallSettings, load_config
 from edgeml.toolkit.errors import ConfigError
 
 
@@ -38,6 +38,9 @@ listen = "127.0.0.1:8765"
 [telemetry]
 window_s = 60
 max_buffer_mb = 50
+
+[install]
+reserve_mb = 4
 """
 
 
@@ -48,6 +51,27 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert config.broker.port == 1883 and config.broker.password() == "s3cret"
     assert config.api.loopback and config.api.host_port == ("127.0.0.1", 8765)
     assert config.telemetry.window_s == 60.0
+    assert config.install.reserve_bytes == 4 * 1024 * 1024
+    assert load_config(write(tmp_path, CONTRACT.replace("reserve_mb = 4", ""))).install == (
+        InstallSettings(reserve_mb=16.0)
+    ), "16 MiB unless set"
+
+
+def test_the_example_in_the_docs_loads(tmp_path: Path) -> None:
+    """docs/examples/agent.toml, its /etc and /var paths moved under a temporary folder: every
+    key it shows is one the agent takes, with a valid value."""
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "agent.toml"
+    etc = tmp_path / "etc"
+    (etc / "trust").mkdir(parents=True)
+    secret = etc / "broker.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    text = example.read_text().replace("/etc/edgeml", str(etc))
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(text.replace("/var/lib/edgeml", str(tmp_path / "state")))
+    config = load_config(config_path)
+    assert config.device_id == "pi-0001" and config.install == InstallSettings()
+    assert config.telemetry.max_in_flight == 20 and config.api.max_body_bytes == 8 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
@@ -59,6 +83,8 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
         (('url      = "mqtt://127.0.0.1:1883"', 'url = "mqtt://u:p@127.0.0.1:1883"'), "broker.url"),
         (("window_s = 60", "window_s = -5"), "telemetry.window_s"),
         (("window_s = 60", "window_s = true"), "telemetry.window_s"),
+        (("reserve_mb = 4", "reserve_mb = 0"), "install.reserve_mb"),
+        (("reserve_mb = 4", "reserve_mb = 4\nreserve = 1"), "reserve"),
         (("max_buffer_mb = 50", "max_buffer_mb = 50\nmax_buffr = 1"), "max_buffr"),
         (('listen = "127.0.0.1:8765"', 'listen = "0.0.0.0:8765"'), "api.listen"),
         (('listen = "127.0.0.1:8765"', 'listen = "nowhere"'), "api.listen"),
