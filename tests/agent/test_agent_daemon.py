@@ -199,6 +199,23 @@ def test_predictions_go_on_offline_and_every_window_arrives_once_after(
     assert max(seqs) >= 8, "windows kept coming while the broker was down"
 
 
+def test_every_single_row_request_reaches_the_windows(
+    agent: Agent, peer: ProtocolPeer, built_bundle: Path, logreg: TrainedModel
+) -> None:
+    """Every request is counted, a refused one as a contract violation, the last ones by the
+    window a clean stop closes."""
+    assert peer.result(peer.install("pi-1", built_bundle)).outcome == "succeeded"
+    for i in range(40):
+        assert agent.predict(logreg.X_val[i : i + 1])[0] == 200
+    agent.predict(np.array([[0.0] * (logreg.X_val.shape[1] + 1)]))  # refused: wrong width
+    agent.stop()
+    peer.wait(lambda: sum(w.requests for w in peer.telemetry["pi-1"]) >= 41, 20, "every request")
+    windows = {w.seq: w for w in peer.telemetry["pi-1"]}.values()
+    assert sum(w.requests for w in windows) == 41
+    assert sum(w.rows for w in windows) == 40
+    assert sum(w.contract_violations for w in windows) == 1
+
+
 def test_side_load_while_the_daemon_runs(agent: Agent, built_bundle: Path) -> None:
     done = subprocess.run(
         [EDGEML, "agent", "install", str(built_bundle), "--config", str(agent.config), "--json"],
