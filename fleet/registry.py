@@ -11,7 +11,7 @@ snapshot), and :meth:`FleetRegistry.transaction` for callers that write several 
 document the service owns: it files an operator request, which the service consumes.
 
 Schema changes are named migrations recorded in the database (sqlite-utils' ``Migrations`` in
-the ``_sqlite_migrations`` table, or the same bookkeeping by hand on sqlite-utils 3). A file
+the ``_sqlite_migrations`` table). A file
 with a migration this edgeml does not know was written by a newer edgeml, and is refused.
 
 Reads return the typed records of :mod:`edgeml.fleet.records`, never rows, and the interface
@@ -26,7 +26,6 @@ whose documents are stored here as opaque JSON); verifying bundles (the publish 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import sqlite3
 import threading
@@ -471,30 +470,10 @@ class FleetRegistry:
                 f"{self.path}: a SQLite database but not an edgeml fleet registry "
                 f"(it holds tables {', '.join(sorted(tables))})"
             )
-        migrations_class = getattr(sqlite_utils, "Migrations", None)
-        if migrations_class is not None:
-            migrations = migrations_class(MIGRATION_SET)
-            for name, function in MIGRATIONS:
-                migrations(name=name)(function)
-            migrations.apply(db)
-            return
-        # sqlite-utils 3: the same bookkeeping table, kept by hand.
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS _sqlite_migrations (id INTEGER PRIMARY KEY, "
-            "migration_set TEXT, name TEXT, applied_at TEXT)"
-        )
-        db.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS idx__sqlite_migrations_migration_set_name "
-            "ON _sqlite_migrations (migration_set, name)"
-        )
+        migrations = sqlite_utils.Migrations(MIGRATION_SET)
         for name, function in MIGRATIONS:
-            if name not in applied:
-                function(db)
-                db.execute(
-                    "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
-                    "VALUES (?, ?, ?)",
-                    [MIGRATION_SET, name, str(datetime.datetime.now(datetime.timezone.utc))],
-                )
+            migrations(name=name)(function)
+        migrations.apply(db)
 
     # -------------------------------------------------------------------------- devices
 

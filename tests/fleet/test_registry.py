@@ -112,26 +112,6 @@ def test_open_creates_a_wal_database_with_the_schema_recorded(db_path: Path) -> 
         pass
 
 
-def test_without_sqlite_utils_migrations_the_same_bookkeeping_is_kept(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """sqlite-utils 3 has no ``Migrations``: a file made then opens under sqlite-utils 4."""
-    import sqlite_utils
-
-    with monkeypatch.context() as patch:
-        patch.delattr(sqlite_utils, "Migrations", raising=False)
-        with FleetRegistry.open(db_path) as registry:
-            registry.audit(1.0, "made", "under sqlite-utils 3")
-        with FleetRegistry.open(db_path):  # reopening applies nothing twice
-            pass
-    with FleetRegistry.open(db_path) as registry:
-        assert [e.action for e in registry.audit_log()] == ["made"]
-    conn = sqlite3.connect(db_path)
-    count = conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()
-    assert count == (len(MIGRATIONS),)
-    conn.close()
-
-
 def test_a_closed_registry_refuses_work(db_path: Path) -> None:
     registry = FleetRegistry.open(db_path)
     registry.close()
