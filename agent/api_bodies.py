@@ -201,15 +201,7 @@ def _instances(instances: list[Any], features: Sequence[str], dtype: np.dtype) -
                 f"row {i}: {len(row)} values; the model reads {width} features "
                 f"({', '.join(features)}), in that order"
             )
-            violation = {"row": i, "field": None, "kind": "wrong width", "value": None}
-            raise Refusal(
-                422,
-                "contract-violation",
-                message,
-                invalid_rows=1,
-                missing_fields=[],
-                violations=[{**violation, "message": message}],
-            )
+            raise _row_violation(i, None, "wrong width", message)
         if numbers and not _NUMBERS.issuperset(map(type, row)):
             numbers = False
     if numbers:
@@ -225,16 +217,21 @@ def _refuse_nested(row: int, name: str, value: Any) -> None:
     if isinstance(value, dict | list):
         kind = "an object" if isinstance(value, dict) else "an array"
         message = f"row {row}, column {name!r}: {kind} is not a value (flatten it into fields)"
-        raise Refusal(
-            422,
-            "contract-violation",
-            message,
-            invalid_rows=1,
-            missing_fields=[],
-            violations=[
-                {"row": row, "field": name, "kind": "wrong type", "value": None, "message": message}
-            ],
-        )
+        raise _row_violation(row, name, "wrong type", message)
+
+
+def _row_violation(row: int, field: str | None, kind: str, message: str) -> Refusal:
+    """The 422 for one row the body's shape already condemns (before the contract check),
+    in the form of ``violation_document``."""
+    violation = {"row": row, "field": field, "kind": kind, "value": None, "message": message}
+    return Refusal(
+        422,
+        "contract-violation",
+        message,
+        invalid_rows=1,
+        missing_fields=[],
+        violations=[violation],
+    )
 
 
 def json_bytes(document: Any) -> bytes:
