@@ -7,12 +7,14 @@ skops, and bundles are built by the same pipeline ``edgeml build`` runs.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from broker import MosquittoBroker
+from protocol_peer import ProtocolPeer
 
 from edgeml.toolkit.keys import generate_key_pair, load_private_key
 
@@ -165,3 +167,21 @@ def built_bundle(
     return build_bundle(
         logreg, key_dir, tmp_path_factory.mktemp("bundles"), "cancer", version="1.0.0"
     )
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A real Mosquitto on a free loopback port that keeps sessions and queued messages
+    across a restart (as a deployed one does: ``persistence true``)."""
+    running = MosquittoBroker(tmp_path / "broker", persistence=True)
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def peer(broker: MosquittoBroker) -> Iterator[ProtocolPeer]:
+    """The fleet's side of the protocol, on ``broker``."""
+    connected = ProtocolPeer("127.0.0.1", broker.port)
+    yield connected
+    connected.close()

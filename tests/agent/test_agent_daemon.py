@@ -21,21 +21,6 @@ from edgeml.toolkit.trust import load_trust_store
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    running = MosquittoBroker(tmp_path / "broker", persistence=True)
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def peer(broker: MosquittoBroker) -> Iterator[ProtocolPeer]:
-    connected = ProtocolPeer("127.0.0.1", broker.port)
-    yield connected
-    connected.close()
-
-
-@pytest.fixture
 def agent(
     tmp_path: Path, broker: MosquittoBroker, key_dir: Path, peer: ProtocolPeer
 ) -> Iterator[Agent]:

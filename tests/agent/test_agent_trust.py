@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 from agent_process import EDGEML, Agent, write_config
 from broker import MosquittoBroker
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,21 +24,6 @@ DEVICE = "pi-1"
 
 def bid(version: str) -> str:
     return f"cancer-{version}-raspberry-pi-4"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    running = MosquittoBroker(tmp_path / "broker")
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def peer(broker: MosquittoBroker) -> Iterator[ProtocolPeer]:
-    connected = ProtocolPeer("127.0.0.1", broker.port)
-    yield connected
-    connected.close()
 
 
 def start(config: Path, peer: ProtocolPeer) -> Agent:

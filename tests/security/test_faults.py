@@ -79,23 +79,6 @@ e2e = _sibling("fleet/test_end_to_end.py", "end_to_end_helpers")
 # --- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A broker that keeps sessions and queued messages across a restart (as a deployed one
-    does: ``persistence true``)."""
-    running = MosquittoBroker(tmp_path / "broker", persistence=True)
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def peer(broker: MosquittoBroker) -> Iterator[ProtocolPeer]:
-    connected = ProtocolPeer("127.0.0.1", broker.port)
-    yield connected
-    connected.close()
-
-
 @pytest.fixture(scope="module")
 def forest_bundle(tmp_path_factory: pytest.TempPathFactory, key_dir: Path) -> Path:
     """A 200-tree forest: a real bundle of ~40 KB, three transfer windows of 1 KiB chunks."""
