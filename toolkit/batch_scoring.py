@@ -470,10 +470,10 @@ class _Run:
         consumer.start()
         try:
             for checked in self._checked(incoming, producer):
-                prepared = self._account(checked)
+                matrix, written = self._account(checked)
                 if self.writer is None:
-                    self.open_output(prepared.ids.kind if prepared.ids is not None else None)
-                if not _put(outgoing, self._run_model(prepared, pool), self.stop):
+                    self.open_output(written.ids.kind if written.ids is not None else None)
+                if not _put(outgoing, self._run_model(matrix, written, pool), self.stop):
                     break
             if self.writer is None:  # no rows at all
                 self.open_output(None)
@@ -620,7 +620,7 @@ class _Run:
             batch.rows, batch.progress, batch.ids, report, valid, keep, every, counts, quarantined
         )
 
-    def _account(self, checked: _Checked) -> _Prepared:
+    def _account(self, checked: _Checked) -> tuple[np.ndarray, _Written]:
         """Add a checked batch to the summary, in file order (calling thread): the first
         invalid row fails the run here."""
         summary, report = self.summary, checked.report
@@ -645,27 +645,25 @@ class _Run:
             ids = _Ids(ids.name, ids.kind, ids.values[keep], ids.missing[keep])
         elif ids is not None:
             ids = _Ids(ids.name, ids.kind, ids.values, ids.missing)
-        return _Prepared(
-            checked.matrix,
-            ids,
-            checked.quarantined,
-            checked.drift_every,
-            checked.progress,
-            summary.rows,
+        written = _Written(
+            ids, checked.quarantined, checked.drift_every, checked.progress, summary.rows
         )
+        return checked.matrix, written
 
-    def _run_model(self, prepared: _Prepared, pool: ThreadPoolExecutor | None) -> _Running:
-        """Run the model on a checked batch (calling thread): here, or in parts on the pool."""
-        matrix = prepared.matrix
+    def _run_model(
+        self, matrix: np.ndarray, written: _Written, pool: ThreadPoolExecutor | None
+    ) -> _Running:
+        """Run the model on a checked batch's valid rows (calling thread): here, or in parts
+        on the pool."""
         if pool is None:
-            return _Running(_Written.of(prepared), [self.engine.run(matrix)])
+            return _Running(written, [self.engine.run(matrix)])
         count = max(1, min(self.engine.concurrent_runs, len(matrix) // self.options.min_part_rows))
         bounds = np.linspace(0, len(matrix), count + 1).astype(int).tolist()
         parts = [
             pool.submit(self.engine.run, matrix[start:stop])
             for start, stop in itertools.pairwise(bounds)
         ]
-        return _Running(_Written.of(prepared), parts)
+        return _Running(written, parts)
 
     def _write(self, running: _Running) -> None:
         """Wait for a batch's predictions, count them for drift and write them (writer)."""
@@ -720,18 +718,6 @@ class _Checked:
 
 
 @dataclass(frozen=True, eq=False)
-class _Prepared:
-    """A checked batch: the valid rows' features, their ids, the quarantine lines."""
-
-    matrix: np.ndarray
-    ids: _Ids | None
-    quarantined: list[str]
-    drift_every: int
-    progress: int
-    rows_so_far: int
-
-
-@dataclass(frozen=True, eq=False)
 class _Written:
     """What the writer needs of a batch besides its predictions (not its features: those go
     as soon as the model has read them, rather than wait in the queue to the writer)."""
@@ -741,16 +727,6 @@ class _Written:
     drift_every: int
     progress: int
     rows_so_far: int
-
-    @classmethod
-    def of(cls, prepared: _Prepared) -> _Written:
-        return cls(
-            prepared.ids,
-            prepared.quarantined,
-            prepared.drift_every,
-            prepared.progress,
-            prepared.rows_so_far,
-        )
 
 
 @dataclass(frozen=True, eq=False)
