@@ -23,6 +23,7 @@ from edgeml.toolkit.contract import (
     ContractViolation,
     DataContract,
     FeatureSpec,
+    _rows_to_look_at,
     check_columns,
     check_matrix,
     is_clean_small_batch,
@@ -388,6 +389,32 @@ def test_a_large_batch_is_checked_as_its_rows_are_one_by_one(
     assert {n: (c.below, c.above) for n, c in whole.out_of_range.items()} == {
         n: (below[n], above[n]) for n in names if below[n] or above[n]
     }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(1, 70),
+    rows=st.integers(17, 12_000),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    bad=st.integers(0, 40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_rows_outside_the_range_are_found_across_blocks(
+    width: int, rows: int, dtype: type, bad: int, seed: int
+) -> None:
+    """A batch of many rows is compared a block at a time through masks used again: the rows
+    found are those with a nan or a value past a bound, wherever they lie (first, last, in
+    the rows that fill no whole machine word)."""
+    rng = np.random.default_rng(seed)
+    low, high = np.full(width, -1.0, dtype=dtype), np.full(width, 1.0, dtype=dtype)
+    matrix = rng.uniform(-1, 1, size=(rows, width)).astype(dtype)
+    cells = [(0, 0), (rows - 1, width - 1)] + [
+        (int(rng.integers(rows)), int(rng.integers(width))) for _ in range(bad)
+    ]
+    for i, j in cells[: 2 + bad if bad else 0]:
+        matrix[i, j] = rng.choice([np.nan, -2.0, 2.0, np.inf])
+    expected = np.flatnonzero(~((matrix >= low) & (matrix <= high)).all(axis=1))
+    assert _rows_to_look_at(matrix, low, high).tolist() == expected.tolist()
 
 
 def test_clean_rows_take_the_fast_path_and_predict_the_same() -> None:
