@@ -34,6 +34,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -377,6 +378,51 @@ class _TemporaryFiles:
                 temporary.unlink(missing_ok=True)
 
 
+class _Buffers:
+    """Matrices of the model's input type that converted batches are written into, used
+    again once their batch is scored.
+
+    Converting each batch into fresh memory costs a page fault per page (the kernel zeroes
+    every page it hands out), which took longer than the conversion itself; a few batches
+    are in flight at once, so a few buffers serve the whole file.
+    """
+
+    def __init__(self, rows: int, width: int, dtype: np.dtype) -> None:
+        self._shape = (rows, width)
+        self._dtype = dtype
+        self._free: deque[np.ndarray] = deque()  # append and pop are atomic
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """A buffer with room for a matrix of ``shape`` (None when it would not fit one)."""
+        if len(shape) != 2 or shape[0] > self._shape[0] or shape[1] != self._shape[1]:
+            return None
+        try:
+            return self._free.pop()
+        except IndexError:
+            return np.empty(self._shape, dtype=self._dtype)
+
+    def give_back(self, buffer: np.ndarray) -> None:
+        """Return a buffer whose batch nothing reads any more."""
+        self._free.append(buffer)
+
+
+def _when_all_done(futures: Sequence[Future[Any]], action: Callable[[], None]) -> None:
+    """Call ``action`` once every one of ``futures`` is done (on the thread that finishes the
+    last one), whether it succeeded, failed or was cancelled."""
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            action()
+
+    for future in futures:
+        future.add_done_callback(one_done)
+
+
 _END = object()
 
 
@@ -426,6 +472,7 @@ class _Run:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.features = engine.features
+        self.buffers = _Buffers(options.batch_size, len(engine.features), engine.input_dtype)
 
     @property
     def counts(self) -> DriftCounts:
@@ -473,7 +520,8 @@ class _Run:
                 matrix, written = self._account(checked)
                 if self.writer is None:
                     self.open_output(written.ids.kind if written.ids is not None else None)
-                if not _put(outgoing, self._run_model(matrix, written, pool), self.stop):
+                running = self._run_model(matrix, written, pool, checked.buffer)
+                if not _put(outgoing, running, self.stop):
                     break
             if self.writer is None:  # no rows at all
                 self.open_output(None)
@@ -504,11 +552,15 @@ class _Run:
         are given back once read) and check them, here or on the pool."""
         try:
             for batch in reader:
-                matrix = None if batch.matrix is None else self.engine.as_input(batch.matrix)
+                matrix = buffer = None
+                if batch.matrix is not None:
+                    if batch.matrix.dtype != self.engine.input_dtype:
+                        buffer = self.buffers.take(batch.matrix.shape)
+                    matrix = self.engine.as_input(batch.matrix, out=buffer)
                 if pool is None:
-                    checked: Any = self._check(batch, matrix)
+                    checked: Any = self._check(batch, matrix, buffer)
                 else:
-                    checked = pool.submit(self._check, batch, matrix)
+                    checked = pool.submit(self._check, batch, matrix, buffer)
                 if not _put(incoming, checked, self.stop):
                     return
             _put(incoming, _END, self.stop)
@@ -583,9 +635,12 @@ class _Run:
 
     # -- one batch
 
-    def _check(self, batch: Batch, matrix: np.ndarray | None) -> _Checked:
+    def _check(
+        self, batch: Batch, matrix: np.ndarray | None, buffer: np.ndarray | None
+    ) -> _Checked:
         """Check a batch against the contract, set its invalid rows aside (unless they fail
-        the run) and count its drift: no shared state, so batches are checked at once."""
+        the run) and count its drift: no shared state, so batches are checked at once.
+        ``buffer`` holds ``matrix``, if it came from ``self.buffers``."""
         options = self.options
         if matrix is not None:
             report = check_matrix(
@@ -617,7 +672,16 @@ class _Run:
         every = _drift_stride(len(valid), options.drift_sample)
         counts = accumulate(self.no_counts, self.engine.baseline, valid[::every], self.features)
         return _Checked(
-            batch.rows, batch.progress, batch.ids, report, valid, keep, every, counts, quarantined
+            batch.rows,
+            batch.progress,
+            batch.ids,
+            report,
+            valid,
+            keep,
+            every,
+            counts,
+            quarantined,
+            buffer,
         )
 
     def _account(self, checked: _Checked) -> tuple[np.ndarray, _Written]:
@@ -646,23 +710,36 @@ class _Run:
         elif ids is not None:
             ids = _Ids(ids.name, ids.kind, ids.values, ids.missing)
         written = _Written(
-            ids, checked.quarantined, checked.drift_every, checked.progress, summary.rows
+            ids,
+            checked.quarantined,
+            checked.drift_every,
+            checked.progress,
+            summary.rows,
         )
         return checked.matrix, written
 
     def _run_model(
-        self, matrix: np.ndarray, written: _Written, pool: ThreadPoolExecutor | None
+        self,
+        matrix: np.ndarray,
+        written: _Written,
+        pool: ThreadPoolExecutor | None,
+        buffer: np.ndarray | None,
     ) -> _Running:
         """Run the model on a checked batch's valid rows (calling thread): here, or in parts
-        on the pool."""
+        on the pool; ``buffer`` goes back to ``self.buffers`` once the model has read it."""
         if pool is None:
-            return _Running(written, [self.engine.run(matrix)])
+            running = _Running(written, [self.engine.run(matrix)])
+            if buffer is not None:
+                self.buffers.give_back(buffer)
+            return running
         count = max(1, min(self.engine.concurrent_runs, len(matrix) // self.options.min_part_rows))
         bounds = np.linspace(0, len(matrix), count + 1).astype(int).tolist()
         parts = [
             pool.submit(self.engine.run, matrix[start:stop])
             for start, stop in itertools.pairwise(bounds)
         ]
+        if buffer is not None:
+            _when_all_done(parts, lambda: self.buffers.give_back(buffer))
         return _Running(written, parts)
 
     def _write(self, running: _Running) -> None:
@@ -715,6 +792,7 @@ class _Checked:
     drift_every: int
     counts: DriftCounts
     quarantined: list[str]
+    buffer: np.ndarray | None  # holds the features, to be given back once they are scored
 
 
 @dataclass(frozen=True, eq=False)

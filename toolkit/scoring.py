@@ -306,17 +306,27 @@ class ScoringEngine:
             dtype=self.input_dtype.type,
         )
 
-    def as_input(self, matrix: np.ndarray) -> np.ndarray:
+    def as_input(self, matrix: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """A numeric matrix in the model's float type (no copy when it already is).
 
         Integer and boolean features keep their values exactly in float32 up to 2**24; the
         contract check sees the values the model will receive.
+
+        Args:
+            matrix: ``(rows, features)``, any real or boolean dtype.
+            out: where a conversion goes, if one is needed: a C-contiguous matrix of the
+                model's float type with at least ``rows`` rows (the result is then its first
+                ``rows`` rows). Without it, a new array.
         """
         if matrix.dtype == self.input_dtype:
             return matrix
-        if matrix.dtype.kind == "f" or self.input_dtype == np.float64:
+        if matrix.dtype.kind != "f" and self.input_dtype != np.float64:
+            matrix = matrix.astype(np.float64)  # then rounded once, as the model's type
+        if out is None:
             return matrix.astype(self.input_dtype)
-        return matrix.astype(np.float64).astype(self.input_dtype)
+        converted = out[: matrix.shape[0]]
+        np.copyto(converted, matrix, casting="unsafe")
+        return converted
 
     # ------------------------------------------------------------------------- scoring
 

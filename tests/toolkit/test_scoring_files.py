@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,33 @@ def test_each_batch_runs_in_parts_at_once_and_comes_out_in_order(
     runs.clear()
     score_file(engine, source, tmp_path / "min.npy", ScoreOptions(batch_size=64, min_part_rows=20))
     assert sorted(n for n, _ in runs) == sorted([21, 21, 22, 21, 21, 22, 21, 22])
+
+
+def test_converted_batches_reuse_a_few_buffers_and_the_model_reads_its_own_rows(
+    tmp_path: Path, classifier_bundle: Path, key_dir: Path, logreg: TrainedModel
+) -> None:
+    """A float64 ``.npy`` is converted batch by batch into float32 buffers used again once a
+    batch's parts have run: with a model slow enough that the reader runs ahead, no batch is
+    overwritten before the model read it (the output equals scikit-learn's, row for row), and
+    far fewer buffers than batches serve the file."""
+    engine = ScoringEngine.open(classifier_bundle, key_dir, threads=2, split_batches=True)
+    buffers: set[int] = set()
+    run = engine.run
+
+    def slow(matrix: np.ndarray) -> Predictions:
+        buffers.add(id(matrix.base))
+        time.sleep(0.002)
+        return run(matrix)
+
+    engine.run = slow  # type: ignore[method-assign]
+    X = np.tile(logreg.X_val, (4, 1)).astype(np.float64)
+    np.save(tmp_path / "in.npy", X)
+    score_file(engine, tmp_path / "in.npy", tmp_path / "out.npy", options(batch_size=16))
+    out = np.load(tmp_path / "out.npy")
+    expected = logreg.estimator.predict_proba(X)[:, 1]
+    np.testing.assert_allclose(out["probability_1"], expected, atol=1e-4)
+    batches = -(-len(X) // 16)
+    assert batches > 20 and len(buffers) <= 8
 
 
 def test_a_regressor_writes_values(
