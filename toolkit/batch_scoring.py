@@ -710,11 +710,7 @@ class _Run:
         elif ids is not None:
             ids = _Ids(ids.name, ids.kind, ids.values, ids.missing)
         written = _Written(
-            ids,
-            checked.quarantined,
-            checked.drift_every,
-            checked.progress,
-            summary.rows,
+            ids, checked.quarantined, checked.drift_every, checked.progress, summary.rows
         )
         return checked.matrix, written
 
