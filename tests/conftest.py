@@ -104,6 +104,19 @@ def mosquitto(tmp_path: Path):
     broker.stop()
 
 
+@pytest.fixture
+def roomy_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A Mosquitto that may hold hundreds of connections: it inherits the open file limit
+    raised first."""
+    from edgeml.fleet.simulator import raise_open_file_limit
+
+    raise_open_file_limit()
+    running = MosquittoBroker(tmp_path / "broker")
+    running.start()
+    yield running
+    running.stop()
+
+
 @pytest.fixture(scope="session")
 def key_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a key pair ``edgeml.key`` / ``edgeml.pub``."""

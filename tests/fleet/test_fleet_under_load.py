@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from background import Background
 from broker import MosquittoBroker
 
 from edgeml.fleet.gates import Gates
@@ -35,7 +36,6 @@ from edgeml.fleet.simulator import (
     DeviceSimulator,
     Misbehaviour,
     make_devices,
-    raise_open_file_limit,
 )
 from edgeml.toolkit.trust import load_trust_store
 
@@ -95,16 +95,6 @@ class MemorySamples:
 
 
 @pytest.fixture
-def roomy_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A Mosquitto that may hold hundreds of connections (it inherits the raised limit)."""
-    raise_open_file_limit()
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture
 def quiet_fleet_log() -> Iterator[None]:
     """One warning per garbage message would pile up in pytest's captured log (memory this
     test measures); the counters say what was dropped."""
@@ -132,16 +122,6 @@ def test_a_rollout_succeeds_while_devices_send_garbage_and_storm(
         tick_s=0.2,
         health_every_s=0.5,
     )
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as error:
-            errors.append(error)
-            raise
-
-    thread = threading.Thread(target=run, name="fleet-service", daemon=True)
     devices = make_devices(
         DEVICES, PROFILE, tags_for=lambda i: ("canary",) if i < 2 else (), active=OLD
     )
@@ -162,8 +142,8 @@ def test_a_rollout_succeeds_while_devices_send_garbage_and_storm(
         misbehaviour=misbehaviour,
     )
     memory: MemorySamples | None = None
+    running = Background(service.run, "fleet-service")
     try:
-        thread.start()
         wait_for(service.connected.is_set, "the service's connection", 10)
         simulator.start()
         assert simulator.wait_connected(30), simulator.counters()
@@ -225,7 +205,7 @@ def test_a_rollout_succeeds_while_devices_send_garbage_and_storm(
         # The storms happened, and the storming devices are back and registered online.
         assert simulator.connection_drops >= 3 * STORM
         assert simulator.reconnects >= simulator.connection_drops - STORM
-        assert not errors and thread.is_alive(), errors
+        assert not running.errors and running.thread.is_alive(), running.errors
 
         # Memory: once the rollout was done, the process stopped growing.
         steady = memory.since(steady_from) if memory is not None else []
@@ -233,6 +213,6 @@ def test_a_rollout_succeeds_while_devices_send_garbage_and_storm(
         assert max(steady) - steady[0] < MEMORY_GROWTH_MIB, steady
     finally:
         service.stop()
-        thread.join(timeout=10)
+        running.thread.join(timeout=10)
         registry.close()
-    assert not thread.is_alive(), "the service did not stop"
+    assert not running.thread.is_alive(), "the service did not stop"

@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 import waiting
+from background import Background
 from broker import MosquittoBroker
 
 from edgeml.fleet.enrollment import enroll_device, revoke_device
@@ -221,19 +222,9 @@ def start_service(
         tick_s=0.1,
         health_every_s=0.1,
     )
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as error:  # surfaced by the fixture's teardown
-            errors.append(error)
-            raise
-
-    thread = threading.Thread(target=run, name="fleet-service", daemon=True)
-    thread.start()
+    running = Background(service.run, "fleet-service")  # errors surface at teardown
     wait_for(service.connected.is_set, "the service's connection to the broker")
-    return service, thread, errors
+    return service, running.thread, running.errors
 
 
 def fleet_on(broker: MosquittoBroker, tmp_path: Path, built_bundle: Path, key_dir: Path) -> Fleet:

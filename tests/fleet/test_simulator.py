@@ -7,7 +7,6 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from edgeml.fleet.simulator import (
     healthy,
     make_devices,
     make_garbage,
-    raise_open_file_limit,
 )
 from edgeml.toolkit.protocol import (
     DEFAULT_CHUNK_BYTES,
@@ -372,16 +370,6 @@ def test_valid_garbage_repeats_a_window_or_names_commands_the_fleet_never_sent(
 
 
 # --- against a real Mosquitto --------------------------------------------------------------------
-
-
-@pytest.fixture
-def roomy_mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A Mosquitto that may hold many connections: it inherits the raised open file limit."""
-    raise_open_file_limit()
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def wait(condition, timeout: float, what: str) -> None:

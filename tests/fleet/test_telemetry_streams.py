@@ -10,7 +10,6 @@ still drops a window that really is delivered twice.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import waiting
 from agent_process import Agent, write_config
+from background import Background
 from broker import MosquittoBroker
 
 from edgeml.agent.install import install_bundle
@@ -47,24 +47,15 @@ class RunningFleet:
         self.service = FleetService(
             db, BrokerConnection(broker.url), load_trust_store(key_dir), tick_s=0.1
         )
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, name="fleet-service", daemon=True)
-        self.thread.start()
+        self.running = Background(self.service.run, "fleet-service")  # errors surface at stop()
         wait_for(self.service.connected.is_set, "the service's connection to the broker")
-
-    def _run(self) -> None:
-        try:
-            self.service.run()
-        except BaseException as error:  # surfaced at stop()
-            self.errors.append(error)
-            raise
 
     def stop(self) -> None:
         self.service.stop()
-        self.thread.join(timeout=10)
+        self.running.thread.join(timeout=10)
         self.registry.close()
-        assert not self.thread.is_alive(), "the service did not stop"
-        assert not self.errors, f"the service failed: {self.errors!r}"
+        assert not self.running.thread.is_alive(), "the service did not stop"
+        assert not self.running.errors, f"the service failed: {self.running.errors!r}"
 
     def stream_windows(self, stream: str) -> list[int]:
         """The seqs stored for the device's ``stream``, in order."""

@@ -30,7 +30,6 @@ import shutil
 import sqlite3
 import stat
 import sys
-import threading
 import time
 import uuid
 import zipfile
@@ -44,6 +43,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from agent_process import Agent, write_config
+from background import Background
 from broker import MosquittoBroker
 from conftest import TrainedModel, build_bundle
 from protocol_peer import ProtocolPeer
@@ -741,17 +741,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, key_dir: Path) -> Iterator[F
     db = root / "fleet.db"
     FleetRegistry.open(db).close()
     service = FleetService(db, BrokerConnection(broker.url), load_trust_store(key_dir), tick_s=0.1)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as error:
-            errors.append(error)
-            raise
-
-    thread = threading.Thread(target=run, name="fleet-under-attack", daemon=True)
-    thread.start()
+    running = Background(service.run, "fleet-under-attack")
     device = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"device-{FLEET_DEVICE}")
     try:
         ProtocolPeer.wait(service.connected.is_set, 10, "the fleet service connected")
@@ -770,10 +760,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, key_dir: Path) -> Iterator[F
         device.disconnect()
         device.loop_stop()
         service.stop()
-        thread.join(timeout=10)
+        running.thread.join(timeout=10)
         broker.stop()
-    assert not thread.is_alive(), "the fleet service did not stop"
-    assert not errors, errors
+    assert not running.thread.is_alive(), "the fleet service did not stop"
+    assert not running.errors, running.errors
 
 
 @pytest.mark.parametrize("case", list(FLEET_GARBAGE))

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pytest
 from agent_process import Agent, write_config
+from background import Background
 from broker import MosquittoBroker
 from conftest import TrainedModel, build_bundle, write_csv
 from protocol_peer import ProtocolPeer
@@ -614,16 +615,7 @@ def test_clock_jumps_on_the_device(
     install_bundle(built_bundle, config.state_dir, load_trust_store(config.trust), config.profile)
     clock = SteppedClock()
     daemon = AgentDaemon(config, clock=clock)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            daemon.run()
-        except BaseException as error:
-            failures.append(error)
-
-    thread = threading.Thread(target=run, name="agent-daemon", daemon=True)
-    thread.start()
+    running = Background(daemon.run, "agent-daemon")
     url = f"http://{config.api.listen}"
     rows_sent = 0
 
@@ -670,8 +662,8 @@ def test_clock_jumps_on_the_device(
         peer.wait(windows_after(3), 20, "windows after the clock stepped forward")
     finally:
         daemon.stop()
-        thread.join(timeout=30)
-    assert not thread.is_alive() and failures == [], failures
+        running.thread.join(timeout=30)
+    assert not running.thread.is_alive() and running.errors == [], running.errors
     count = every_window_arrived(peer, config.state_dir)
     with peer._lock:
         windows = {w.seq: w for w in peer.telemetry[DEVICE]}
