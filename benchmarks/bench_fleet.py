@@ -77,6 +77,7 @@ from reference_models import REFERENCE_SPECS, train_reference_model
 
 from edgeml.converters.pipeline import BuildRequest, build_bundles
 from edgeml.fleet.registry import FleetRegistry
+from edgeml.fleet.rollout import OPEN_STATES
 from edgeml.fleet.simulator import (
     DROPPED_GARBAGE,
     DeviceSimulator,
@@ -618,6 +619,15 @@ def _edgeml(*args: str) -> Any:
     return json.loads(done.stdout)
 
 
+def _wait_until_ended(registry: _Registry, rollout_id: str, deadline: float) -> str | None:
+    """The rollout's state once it has ended, or at ``deadline`` (monotonic) if it has not."""
+    state = registry.rollout_state(rollout_id)
+    while state in OPEN_STATES and time.monotonic() < deadline:
+        time.sleep(0.1)
+        state = registry.rollout_state(rollout_id)
+    return state
+
+
 def _stop(process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
     if process.poll() is not None:
         return
@@ -730,11 +740,7 @@ def _measure_rollout(
         "--soak", "0", "--min-requests", "0",
     )["rollout_id"]  # fmt: skip
     command_s = time.monotonic() - started
-    state = registry.rollout_state(rollout_id)
-    deadline = started + scale.rollout_timeout_s
-    while state in ("running", "waiting-approval", "paused") and time.monotonic() < deadline:
-        time.sleep(0.1)
-        state = registry.rollout_state(rollout_id)
+    state = _wait_until_ended(registry, rollout_id, started + scale.rollout_timeout_s)
     seconds = time.monotonic() - started
     figures = span.end()
     after = simulator.counters()
@@ -973,15 +979,13 @@ def _measure_load(
             "fleet", "rollout", "start", bundle_id, "--db", str(db), "--stages", STAGES,
             "--soak", f"{scale.load_soak_s:g}",
         )["rollout_id"]  # fmt: skip
-        state = registry.rollout_state(rollout_id)
-        deadline = rollout_started + scale.load_rollout_timeout_s
-        while state in ("running", "waiting-approval", "paused") and time.monotonic() < deadline:
-            time.sleep(0.1)
-            state = registry.rollout_state(rollout_id)
+        state = _wait_until_ended(
+            registry, rollout_id, rollout_started + scale.load_rollout_timeout_s
+        )
         rollout_s = time.monotonic() - rollout_started
         rollout_to = time.monotonic() - timeline.started
         log(f"  rollout {rollout_id}: {state} after {rollout_s:.1f} s under load")
-        aborted = state in ("running", "waiting-approval", "paused")
+        aborted = state in OPEN_STATES
         if aborted:  # the rest of the phase measures the misbehaving devices alone
             log("  aborting it: the rest of the phase goes on without a rollout")
             subprocess.run(

@@ -19,6 +19,7 @@ from edgeml.fleet.gates import Gates, device_figures, summarize_windows
 from edgeml.fleet.records import DeviceRecord
 from edgeml.fleet.registry import FleetRegistry
 from edgeml.fleet.rollout import (
+    OPEN_STATES,
     OPERATOR_ACTIONS,
     DeviceView,
     Rollout,
@@ -55,7 +56,7 @@ def start_rollout(
     bundle = registry.bundle(bundle_id)
     if bundle is None:
         raise InputError(f"bundle {bundle_id} is not published: run fleet publish first")
-    for record in registry.rollouts(states=("running", "waiting-approval", "paused")):
+    for record in registry.rollouts(states=OPEN_STATES):
         if record.document.get("profile") == bundle.profile:
             raise InputError(
                 f"rollout {record.rollout_id} ({record.bundle_id}) is still {record.state} on "
@@ -154,7 +155,7 @@ def roll_back_devices(
     why = reason or "manual rollback"
     plan: list[dict[str, Any]] = []
     with registry.transaction():
-        for record in registry.rollouts(states=("running", "waiting-approval", "paused")):
+        for record in registry.rollouts(states=OPEN_STATES):
             reached = set(record.document.get("devices", {}))
             if reached & {d.device_id for d in devices}:
                 registry.request(record.rollout_id, "abort", now, actor=actor, reason=why)

@@ -20,6 +20,8 @@ from edgeml.toolkit.errors import InputError
 STATES = ("running", "waiting-approval", "paused", "succeeded", "rolled-back", "aborted")
 """A rollout's states, as ``rollout status --json`` reports them (a published contract)."""
 FINAL_STATES = ("succeeded", "aborted")
+OPEN_STATES = ("running", "waiting-approval", "paused")
+"""A rollout not ended: the service drives it, or waits for a person's approval or resume."""
 DEVICE_STATES = (
     "sent",  # install command sent; the device does not run the bundle yet
     "installed",  # runs the bundle; its health is being watched

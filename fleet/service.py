@@ -38,6 +38,7 @@ from edgeml.fleet.publishing import file_sha256
 from edgeml.fleet.records import BundleRecord
 from edgeml.fleet.registry import FleetRegistry
 from edgeml.fleet.rollout import (
+    OPEN_STATES,
     CommandOutcome,
     Decision,
     Observations,
@@ -267,7 +268,7 @@ class FleetService:
         rollout_id = queued.command.rollout_id
         if rollout_id is not None:
             state = registry.rollout_state(rollout_id)  # not the document: it grows with devices
-            if state not in ("running", "waiting-approval", "paused"):
+            if state not in OPEN_STATES:
                 log.info("not serving %s to %s: its rollout stopped", request.bundle_id, device_id)
                 return
         bundle = registry.bundle(request.bundle_id)
@@ -335,7 +336,7 @@ class FleetService:
 
     def _refuse(self, registry: FleetRegistry, rollout: Rollout, now: float) -> None:
         reason = f"bundle {rollout.bundle_id} does not verify against the trust store"
-        if rollout.state in ("running", "waiting-approval", "paused"):
+        if rollout.state in OPEN_STATES:
             aborted = replace(rollout, state="aborted", reason=reason, updated_at=now)
             with registry.transaction():
                 registry.save_rollout(rollout.rollout_id, "aborted", now, aborted.to_dict())
