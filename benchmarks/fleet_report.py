@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench_fleet import STAGES, FleetBenchmark, IngestFigures, LoadFigures, ProcessFigures
+from bench_fleet import (
+    STAGES,
+    FleetBenchmark,
+    IngestFigures,
+    LoadFigures,
+    ProcessFigures,
+    StageTiming,
+)
 from machine import Environment
 from rich.table import Table
 
@@ -15,6 +22,17 @@ def _n(value: float | None, digits: int = 0) -> str:
 
 def _s(value: float | None) -> str:
     return "not within the time-out" if value is None else f"{value:.2f} s"
+
+
+def _stage_rows(stages: tuple[StageTiming, ...]) -> list[tuple[str, str]]:
+    """A row per stage of a rollout: its size, its devices, how long it took and how it ended."""
+    return [
+        (
+            f"stage {stage.index + 1} (`{stage.size}`): {_n(stage.devices)} devices in all",
+            f"{_s(stage.seconds)}, {stage.outcome}",
+        )
+        for stage in stages
+    ]
 
 
 def _cores(p: ProcessFigures | None) -> str:
@@ -50,13 +68,7 @@ def rollout_rows(b: FleetBenchmark) -> list[tuple[str, str]]:
         ),
         ("rollout created to its last stage passed (its stage log)", _s(r.document_s)),
     ]
-    for stage in r.stages:
-        rows.append(
-            (
-                f"stage {stage.index + 1} (`{stage.size}`): {_n(stage.devices)} devices in all",
-                f"{_s(stage.seconds)}, {stage.outcome}",
-            )
-        )
+    rows += _stage_rows(r.stages)
     rows += [
         ("install commands sent", f"{r.commands_sent:,}"),
         ("chunks served", f"{r.chunks:,} (expected {r.chunks_expected:,})"),
@@ -248,13 +260,7 @@ def load_rows(b: FleetBenchmark) -> list[tuple[str, str]]:
         ),
         ("rollout created to its last stage passed (its stage log)", _s(load.document_s)),
     ]
-    for stage in load.stages:
-        rows.append(
-            (
-                f"stage {stage.index + 1} (`{stage.size}`): {_n(stage.devices)} devices in all",
-                f"{_s(stage.seconds)}, {stage.outcome}",
-            )
-        )
+    rows += _stage_rows(load.stages)
     rows += [
         ("the rollout's devices at the end", states or "—"),
         ("misbehaving devices that installed", installed or "—"),
