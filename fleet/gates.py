@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from edgeml.toolkit.errors import InputError
@@ -124,10 +124,6 @@ class DeviceHealth:
             return None
         name = max(sorted(self.psi), key=lambda k: self.psi[k])
         return name, self.psi[name]
-
-    def with_baseline(self, baseline: DeviceHealth) -> DeviceHealth:
-        """These figures, with the latency of ``baseline`` (the previous bundle) to compare."""
-        return replace(self, baseline_p95_ms=baseline.p95_ms)
 
 
 def summarize_windows(windows: Iterable[WindowFigures]) -> DeviceHealth:
