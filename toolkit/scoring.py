@@ -150,11 +150,12 @@ class ScoringEngine:
         wanted = tuple(providers) if providers is not None else profile.execution_providers
         self.contract = _contract_in_input_order(manifest)
         self.baseline = baseline
+        usable, self.warnings = usable_providers(wanted)
         session_threads, self.concurrent_runs = self.threads, 1
-        if split_batches and usable_providers(wanted)[0][0] == CPU_PROVIDER:
+        if split_batches and usable[0] == CPU_PROVIDER:
             session_threads, self.concurrent_runs = 1, self.threads or usable_cores()
-        self.session, self.warnings = scoring_session(
-            model, wanted, session_threads, profile.graph_optimization_level
+        self.session = scoring_session(
+            model, usable, session_threads, profile.graph_optimization_level
         )
         for message in self.warnings:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -419,20 +420,16 @@ def scoring_session(
     providers: Sequence[str],
     threads: int,
     optimization_level: str = "all",
-) -> tuple[ort.InferenceSession, tuple[str, ...]]:
-    """A session for scoring: the profile's providers (CPU as the fallback), threads and graph
-    optimization, as ``edgeml.toolkit.runtime.create_session`` makes them, with idle
-    intra-op workers that sleep instead of spinning.
+) -> ort.InferenceSession:
+    """A session for scoring on ``providers`` (those this host has: see
+    ``edgeml.toolkit.runtime.usable_providers``), threads and graph optimization, as
+    ``edgeml.toolkit.runtime.make_session`` makes them, with idle intra-op workers that sleep
+    instead of spinning.
 
     A scorer runs its own reader and writer threads beside onnxruntime; workers that spin
     between runs would take their cores (measured in docs/benchmarks.md, "Score").
-
-    Returns:
-        The session and the warnings about providers this host lacks.
     """
-    usable, notes = usable_providers(providers)
-    session = make_session(model, usable, threads, optimization_level, IDLE_WORKERS_SLEEP)
-    return session, notes
+    return make_session(model, providers, threads, optimization_level, IDLE_WORKERS_SLEEP)
 
 
 def _columns(data: Any) -> dict[str, Any]:
