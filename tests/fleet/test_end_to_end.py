@@ -161,6 +161,28 @@ def rollout_state(db: Path, rollout_id: str) -> dict[str, Any]:
     return edgeml_json("fleet", "rollout", "status", rollout_id, "--db", str(db))
 
 
+def publish(db: Path, bundle: Path, trust: Path) -> str:
+    """``fleet publish``; the bundle id."""
+    published = edgeml_json("fleet", "publish", str(bundle), "--db", str(db), "--trust", str(trust))
+    return published["bundle_id"]
+
+
+def start(db: Path, bundle_id: str, stages: str, soak: str, min_requests: str) -> str:
+    """``fleet rollout start``; the rollout id."""
+    started = edgeml_json(
+        "fleet", "rollout", "start", bundle_id, "--db", str(db),
+        "--stages", stages, "--soak", soak, "--min-requests", min_requests,
+    )  # fmt: skip
+    return started["rollout_id"]
+
+
+def stopped_running(db: Path, rollout_id: str, what: str, log: Path) -> dict[str, Any]:
+    """The rollout's status once it is no longer ``running`` (90 s at most)."""
+    return wait_for(
+        lambda: (s := rollout_state(db, rollout_id))["state"] != "running" and s, 90, what, log
+    )
+
+
 def actives(db: Path) -> dict[str, str | None]:
     return {d["device_id"]: d["active"] for d in edgeml_json("fleet", "devices", "--db", str(db))}
 
@@ -172,45 +194,23 @@ def test_staged_rollout_then_a_bad_bundle_is_rolled_back(
     logreg: TrainedModel,
 ) -> None:
     db, _broker, fleet, agents = fleet_world
-    trust = str(key_dir / "edgeml.pub")
+    trust = key_dir / "edgeml.pub"
     traffic = Traffic(agents, logreg.X_val)
     try:
-        good = edgeml_json(
-            "fleet", "publish", str(bundles["good"]), "--db", str(db), "--trust", trust
-        )
-        started = edgeml_json(
-            "fleet", "rollout", "start", good["bundle_id"], "--db", str(db),
-            "--stages", "1,50%,100%", "--soak", "1", "--min-requests", "5",
-        )  # fmt: skip
-        rollout_id = started["rollout_id"]
-        status = wait_for(
-            lambda: (s := rollout_state(db, rollout_id))["state"] != "running" and s,
-            90,
-            "the good rollout to finish",
-            fleet.log,
-        )
+        good = publish(db, bundles["good"], trust)
+        rollout_id = start(db, good, "1,50%,100%", "1", "5")
+        status = stopped_running(db, rollout_id, "the good rollout to finish", fleet.log)
         assert status["state"] == "succeeded", status["reason"]
         assert [s["outcome"] for s in status["stages"]] == ["passed"] * 3
         assert [s["devices"] for s in status["stages"]] == [1, 3, 5]
         first = status["devices"][0]
         assert {e["device_id"] for e in status["devices"] if e["stage"] == 0} == {"pi-canary"}
         assert first["state"] == "installed"
-        assert set(actives(db).values()) == {good["bundle_id"]}
+        assert set(actives(db).values()) == {good}
 
-        bad = edgeml_json(
-            "fleet", "publish", str(bundles["bad"]), "--db", str(db), "--trust", trust
-        )
-        started = edgeml_json(
-            "fleet", "rollout", "start", bad["bundle_id"], "--db", str(db),
-            "--stages", "1,100%", "--soak", "6", "--min-requests", "5",
-        )  # fmt: skip
-        bad_rollout = started["rollout_id"]
-        status = wait_for(
-            lambda: (s := rollout_state(db, bad_rollout))["state"] != "running" and s,
-            90,
-            "the bad rollout to stop",
-            fleet.log,
-        )
+        bad = publish(db, bundles["bad"], trust)
+        bad_rollout = start(db, bad, "1,100%", "6", "5")
+        status = stopped_running(db, bad_rollout, "the bad rollout to stop", fleet.log)
         assert status["state"] == "rolled-back", status["reason"]
         failure = status["failure"]
         assert failure["stage"] == 0
@@ -218,14 +218,14 @@ def test_staged_rollout_then_a_bad_bundle_is_rolled_back(
         assert failure["figures"]["pi-canary"]["max_psi"] > 0.25
         assert status["gate_figures"]["drift"]["device_id"] == "pi-canary"
         wait_for(
-            lambda: set(actives(db).values()) == {good["bundle_id"]},
+            lambda: set(actives(db).values()) == {good},
             30,
             "every device back on the good version",
             fleet.log,
         )
         canary = next(a for a in agents if a.config.parent.name == "pi-canary")
         code, health = canary.get("/v1/health")
-        assert code == 200 and health["bundle"] == good["bundle_id"]
+        assert code == 200 and health["bundle"] == good
         # The bad bundle only ever reached the canary.
         assert {e["device_id"] for e in status["devices"]} == {"pi-canary"}
         audit = [line["action"] for line in status["audit"]]
@@ -244,14 +244,8 @@ def test_the_service_killed_mid_rollout_carries_on_without_repeating_a_step(
 ) -> None:
     db, broker, fleet, _agents = fleet_world
     trust = key_dir / "edgeml.pub"
-    good = edgeml_json(
-        "fleet", "publish", str(bundles["good"]), "--db", str(db), "--trust", str(trust)
-    )
-    started = edgeml_json(
-        "fleet", "rollout", "start", good["bundle_id"], "--db", str(db),
-        "--stages", "1,2,100%", "--soak", "3", "--min-requests", "0",
-    )  # fmt: skip
-    rollout_id = started["rollout_id"]
+    good = publish(db, bundles["good"], trust)
+    rollout_id = start(db, good, "1,2,100%", "3", "0")
     wait_for(
         lambda: rollout_state(db, rollout_id)["stage_index"] >= 1,
         60,
@@ -261,11 +255,8 @@ def test_the_service_killed_mid_rollout_carries_on_without_repeating_a_step(
     fleet.kill()  # SIGKILL mid-rollout: no chance to save anything
     restarted = FleetProcess(db, broker, trust)
     try:
-        status = wait_for(
-            lambda: (s := rollout_state(db, rollout_id))["state"] != "running" and s,
-            90,
-            "the rollout to finish after the restart",
-            restarted.log,
+        status = stopped_running(
+            db, rollout_id, "the rollout to finish after the restart", restarted.log
         )
     finally:
         restarted.stop()
@@ -281,5 +272,5 @@ def test_the_service_killed_mid_rollout_carries_on_without_repeating_a_step(
     installed = [e["device_id"] for e in status["devices"]]
     assert sorted(installed) == sorted(DEVICES)  # each device once
     assert all(e["attempts"] == 1 for e in status["devices"])
-    assert set(actives(db).values()) == {good["bundle_id"]}
+    assert set(actives(db).values()) == {good}
     assert os.path.exists(db)
