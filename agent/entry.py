@@ -36,12 +36,17 @@ def run_agent(
 ) -> None:
     """Load the config, start the daemon and run it until SIGTERM or SIGINT.
 
+    The process checks signatures in child processes (``edgeml.toolkit.signatures``): the
+    daemon lives for years and checks one now and then, so it does not hold ``cryptography``.
+
     Raises:
         ConfigError: the config is missing or invalid (the message names the key).
     """
     from edgeml.agent.config import load_config
     from edgeml.agent.daemon import AgentDaemon
+    from edgeml.toolkit.signatures import check_in_child_processes
 
+    check_in_child_processes()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
     daemon = AgentDaemon(load_config(config_path))
     announce(f"agent {daemon.config.device_id}: API on {daemon.api.address}")

@@ -82,6 +82,10 @@ class Agent:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
+    def mapped_files(self) -> str:
+        """The files the process has mapped (its shared libraries among them), from /proc."""
+        return Path(f"/proc/{self.process.pid}/maps").read_text()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -1,9 +1,11 @@
-"""The layering of DESIGN.md: the device side never loads the build stack."""
+"""The layering of DESIGN.md: the device side never loads the build stack, and a process that
+checks signatures in child processes (the agent's daemon) never loads cryptography."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 BUILD_STACK = ("onnx", "skl2onnx", "sklearn", "onnxconverter_common", "skops", "scipy")
 
@@ -23,6 +25,21 @@ def test_verifying_and_running_a_bundle_never_imports_the_build_stack() -> None:
         "edgeml.toolkit.profiles, edgeml.toolkit.trust, edgeml.agent, edgeml.fleet"
     )
     assert not modules & set(BUILD_STACK), modules & set(BUILD_STACK)
+
+
+def test_with_checks_in_child_processes_verifying_a_bundle_never_loads_cryptography(
+    built_bundle: Path, key_dir: Path
+) -> None:
+    opened = (
+        "from edgeml.toolkit.signatures import check_in_child_processes\n"
+        "from edgeml.toolkit.scoring import ScoringEngine\n"
+        "from edgeml.toolkit.trust import load_trust_store\n"
+        "{switch}"
+        f"engine = ScoringEngine.open({str(built_bundle)!r}, load_trust_store({str(key_dir)!r}))\n"
+        "assert engine.bundle_id"
+    )
+    assert "cryptography" not in loaded_after(opened.format(switch="check_in_child_processes()\n"))
+    assert "cryptography" in loaded_after(opened.format(switch=""))  # checked in the process
 
 
 def test_the_cli_root_loads_the_build_stack_only_when_building() -> None:

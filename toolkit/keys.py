@@ -9,18 +9,24 @@ never from the command line. The public key is a PEM file that trust stores hold
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, TypeAlias
 
 from edgeml.toolkit.errors import ConfigError, InputError
+from edgeml.toolkit.signatures import PUBLIC_KEY_BYTES, verify_signature
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 PASSPHRASE_ENV = "EDGEML_KEY_PASSPHRASE"
 """The environment variable a key's passphrase is read from unless another one is named."""
@@ -29,7 +35,61 @@ KEY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_KEY_FILE_BYTES = 64 * 1024
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
+_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+"""The DER of an Ed25519 SubjectPublicKeyInfo before its 32 key bytes (RFC 8410, section 4):
+DER has one encoding per value, so a ``.pub`` file of an Ed25519 key holds exactly these."""
+_PEM_BEGIN, _PEM_END = b"-----BEGIN PUBLIC KEY-----", b"-----END PUBLIC KEY-----"
+
+
+class SignatureMismatch(ValueError):
+    """A signature does not verify with the key it was checked against."""
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An Ed25519 public key: its 32 raw bytes.
+
+    Reading and using a public key takes no ``cryptography`` object, so a process that only
+    checks signatures can check them in a child process
+    (``edgeml.toolkit.signatures.check_in_child_processes``) and never load that library.
+    """
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.raw, bytes) or len(self.raw) != PUBLIC_KEY_BYTES:
+            raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} raw bytes")
+
+    @classmethod
+    def of(cls, key: AnyPublicKey) -> PublicKey:
+        """This key, from a ``cryptography`` Ed25519 public key (a signer's
+        ``private_key.public_key()``) or a :class:`PublicKey`."""
+        if isinstance(key, PublicKey):
+            return key
+        from cryptography.hazmat.primitives import serialization
+
+        return cls(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+    @property
+    def key_id(self) -> str:
+        """The first 16 hex digits of the SHA-256 of the raw bytes (see :func:`key_id`)."""
+        return hashlib.sha256(self.raw).hexdigest()[:16]
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Check an Ed25519 signature of ``data`` by this key.
+
+        Raises:
+            SignatureMismatch: it does not verify.
+        """
+        if not verify_signature(self.raw, signature, data):
+            raise SignatureMismatch(f"the signature does not verify with key {self.key_id}")
+
+
+AnyPublicKey: TypeAlias = "PublicKey | Ed25519PublicKey"
+"""A public key as callers hold one: read from a file, or a signer's ``public_key()``."""
+
+
+def key_id(public_key: AnyPublicKey) -> str:
     """The stable id of a public key: the first 16 hex digits of the SHA-256 of its raw bytes.
 
     Args:
@@ -38,8 +98,7 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     Returns:
         A 16-character lowercase hex string, the same for the same key on every machine.
     """
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return PublicKey.of(public_key).key_id
 
 
 @dataclass(frozen=True)
@@ -113,6 +172,9 @@ def generate_key_pair(
     for existing in (private_path, public_path):
         if existing.exists():
             raise InputError(f"{existing} already exists; refusing to overwrite a key")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private_key = Ed25519PrivateKey.generate()
     encryption = (
         serialization.BestAvailableEncryption(passphrase)
@@ -168,6 +230,10 @@ def load_private_key(path: Path, passphrase_env: str = PASSPHRASE_ENV) -> Ed2551
         ConfigError: the file is missing, is not an Ed25519 private key, is encrypted and the
             passphrase is missing or wrong.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = _read_key_file(path)
     encrypted = b"ENCRYPTED PRIVATE KEY" in data
     passphrase = None
@@ -193,17 +259,39 @@ def load_private_key(path: Path, passphrase_env: str = PASSPHRASE_ENV) -> Ed2551
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
+def load_public_key(path: Path) -> PublicKey:
     """Load an Ed25519 public key (PEM, SubjectPublicKeyInfo).
 
     Raises:
         ConfigError: the file is missing or is not an Ed25519 public key.
     """
     data = _read_key_file(path)
+    key = _ed25519_from_pem(data)
+    if key is not None:
+        return key
+    # Not the one encoding of an Ed25519 key: cryptography says what the file is instead.
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as error:
         raise ConfigError(f"public key file {path} is not a PEM public key") from error
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"public key file {path} holds a {type(key).__name__}, not Ed25519")
-    return key
+    return PublicKey.of(key)
+
+
+def _ed25519_from_pem(data: bytes) -> PublicKey | None:
+    """The key of a PEM ``PUBLIC KEY`` block that holds an Ed25519 key; None for anything else."""
+    start, end = data.find(_PEM_BEGIN), data.find(_PEM_END)
+    if start < 0 or end < start:
+        return None
+    try:
+        der = base64.b64decode(b"".join(data[start + len(_PEM_BEGIN) : end].split()), validate=True)
+    except binascii.Error:
+        return None
+    if len(der) != len(_SPKI_PREFIX) + PUBLIC_KEY_BYTES or not der.startswith(_SPKI_PREFIX):
+        return None
+    return PublicKey(der[len(_SPKI_PREFIX) :])

@@ -35,13 +35,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edgeml.toolkit.errors import ConfigError, InputError, TrustError
-from edgeml.toolkit.keys import key_id, load_public_key
+from edgeml.toolkit.keys import AnyPublicKey, PublicKey, key_id, load_public_key
 from edgeml.toolkit.manifest import canonical_json, format_utc, parse_utc
 
 TRUST_FORMAT = "edgeml-trust"
@@ -55,25 +52,24 @@ MAX_KEYS = 64
 MAX_REVOKED = 1024
 MAX_SIGNATURES = 16
 MAX_REVOCATION_LIST_BYTES = 64 * 1024
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 _SIGNED_FIELDS = frozenset(
     ("format", "format_version", "version", "keys", "root_keys", "revoked", "expires_at")
 )
 
 
-def encode_public_key(public_key: Ed25519PublicKey) -> str:
+def encode_public_key(public_key: AnyPublicKey) -> str:
     """A public key as a trust document holds it: the base64 of its 32 raw bytes."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode("ascii")
+    return base64.b64encode(PublicKey.of(public_key).raw).decode("ascii")
 
 
-def _decode_public_key(where: str, kid: Any, value: Any) -> Ed25519PublicKey:
+def _decode_public_key(where: str, kid: Any, value: Any) -> PublicKey:
     if not isinstance(kid, str) or not KEY_ID_PATTERN.match(kid):
         raise TrustError(f"{where}: {kid!r} is not a key id (16 lowercase hex digits)")
     try:
-        raw = base64.b64decode(str(value), validate=True)
-        key = Ed25519PublicKey.from_public_bytes(raw)
+        key = PublicKey(base64.b64decode(str(value), validate=True))
     except (binascii.Error, ValueError):
         raise TrustError(f"{where}: key {kid} is not the base64 of 32 raw Ed25519 bytes") from None
     if key_id(key) != kid:
@@ -107,8 +103,8 @@ class TrustDocument:
     """
 
     version: int
-    keys: Mapping[str, Ed25519PublicKey]
-    root_keys: Mapping[str, Ed25519PublicKey]
+    keys: Mapping[str, PublicKey]
+    root_keys: Mapping[str, PublicKey]
     revoked: frozenset[str] = frozenset()
     expires_at: str | None = None
     signatures: tuple[TrustSignature, ...] = ()
@@ -116,6 +112,9 @@ class TrustDocument:
 
     def __post_init__(self) -> None:
         where = f"trust document version {self.version}"
+        for name in ("keys", "root_keys"):  # a signer's public_key() becomes a PublicKey
+            as_given = getattr(self, name)
+            object.__setattr__(self, name, {kid: PublicKey.of(k) for kid, k in as_given.items()})
         if isinstance(self.version, bool) or not isinstance(self.version, int):
             raise TrustError(f"trust document: version {self.version!r} is not an integer")
         if not 1 <= self.version <= 2**53:
@@ -197,7 +196,7 @@ class TrustDocument:
                 f"supported (this edgeml reads version {TRUST_FORMAT_VERSION})"
             )
         where = f"trust document version {signed.get('version')!r}"
-        decoded: dict[str, dict[str, Ed25519PublicKey]] = {}
+        decoded: dict[str, dict[str, PublicKey]] = {}
         for name in ("keys", "root_keys"):
             value = signed.get(name)
             if not isinstance(value, dict) or len(value) > MAX_KEYS:
@@ -269,7 +268,7 @@ class TrustDocument:
         ]
         return replace(self, signatures=(*kept, *added))
 
-    def signed_by(self, candidates: Mapping[str, Ed25519PublicKey]) -> set[str]:
+    def signed_by(self, candidates: Mapping[str, PublicKey]) -> set[str]:
         """The ids of those ``candidates`` whose signature over this document verifies."""
         data = self.signed_bytes()
         found: set[str] = set()
@@ -279,7 +278,7 @@ class TrustDocument:
                 continue
             try:
                 key.verify(base64.b64decode(signature.sig, validate=True), data)
-            except (InvalidSignature, binascii.Error, ValueError):
+            except (binascii.Error, ValueError):  # SignatureMismatch is a ValueError
                 continue
             found.add(signature.key_id)
         return found
@@ -306,14 +305,14 @@ class TrustStore:
         document: the trust document this store came from, if any.
     """
 
-    keys: dict[str, Ed25519PublicKey]
+    keys: dict[str, PublicKey]
     sources: dict[str, Path]
     revoked: frozenset[str] = frozenset()
-    root_keys: dict[str, Ed25519PublicKey] | None = None
+    root_keys: dict[str, PublicKey] | None = None
     version: int = 0
     document: TrustDocument | None = None
 
-    def get(self, kid: str) -> Ed25519PublicKey | None:
+    def get(self, kid: str) -> PublicKey | None:
         """The trusted bundle-signing key with this id, or None (unknown or revoked)."""
         return None if kid in self.revoked else self.keys.get(kid)
 
@@ -322,7 +321,7 @@ class TrustStore:
         return kid in self.revoked
 
     @property
-    def roots(self) -> dict[str, Ed25519PublicKey]:
+    def roots(self) -> dict[str, PublicKey]:
         """The keys that may sign the next trust document, revoked ones left out."""
         keys = self.keys if self.root_keys is None else self.root_keys
         return {kid: k for kid, k in keys.items() if kid not in self.revoked}
@@ -347,9 +346,9 @@ class TrustStore:
         }
 
     @classmethod
-    def of(cls, *public_keys: Ed25519PublicKey) -> TrustStore:
+    def of(cls, *public_keys: AnyPublicKey) -> TrustStore:
         """A store holding the given keys (for callers that have keys, not files)."""
-        return cls({key_id(k): k for k in public_keys}, {})
+        return cls(_by_id(public_keys), {})
 
     @classmethod
     def from_document(cls, document: TrustDocument, source: Path | None = None) -> TrustStore:
@@ -444,13 +443,13 @@ def verify_successor(
 # ---------------------------------------------------------------------------- authoring
 
 
-def _by_id(keys: Iterable[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
-    return {key_id(k): k for k in keys}
+def _by_id(keys: Iterable[AnyPublicKey]) -> dict[str, PublicKey]:
+    return {key_id(k): PublicKey.of(k) for k in keys}
 
 
 def new_trust_document(
-    keys: Iterable[Ed25519PublicKey],
-    root_keys: Iterable[Ed25519PublicKey],
+    keys: Iterable[AnyPublicKey],
+    root_keys: Iterable[AnyPublicKey],
     *,
     version: int = 1,
     expires_at: str | None = None,
@@ -471,10 +470,10 @@ def new_trust_document(
 def next_trust_document(
     current: TrustDocument,
     *,
-    add: Iterable[Ed25519PublicKey] = (),
+    add: Iterable[AnyPublicKey] = (),
     remove: Iterable[str] = (),
     revoke: Iterable[str] = (),
-    add_roots: Iterable[Ed25519PublicKey] = (),
+    add_roots: Iterable[AnyPublicKey] = (),
     remove_roots: Iterable[str] = (),
     version: int | None = None,
     expires_at: str | None = None,
@@ -613,7 +612,7 @@ def load_trust_store(path: Path | str) -> TrustStore:
         files = [path]
     else:
         raise ConfigError(f"trust store {path} does not exist")
-    keys: dict[str, Ed25519PublicKey] = {}
+    keys: dict[str, PublicKey] = {}
     sources: dict[str, Path] = {}
     for file in files:
         key = load_public_key(file)

@@ -67,6 +67,8 @@ def test_install_over_mqtt_then_serve_what_edgeml_score_serves(
     peer.wait(
         lambda: peer.statuses["pi-1"].active == "cancer-1.0.0-raspberry-pi-4", 10, "the new status"
     )
+    # It checked the bundle's signature in a child process: the daemon never loaded cryptography.
+    assert "cryptography" not in agent.mapped_files()
 
 
 def test_bad_bundles_are_refused_and_the_old_one_keeps_serving(
