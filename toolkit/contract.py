@@ -724,7 +724,7 @@ def _rows_to_look_at(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.
     aligned = n // group * group
     found: list[np.ndarray] = []
     if aligned:
-        low_line, high_line = np.tile(low, tile), np.tile(high, tile)
+        low_line, high_line = _bound_lines(low, high, tile)
         size = min(block, aligned) * width
         at_least, at_most = np.empty(size, dtype=np.bool_), np.empty(size, dtype=np.bool_)
         with np.errstate(invalid="ignore"):
@@ -744,6 +744,23 @@ def _rows_to_look_at(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.
         rest = _within(data[aligned:], low, high)
         found.append(aligned + np.flatnonzero(~rest.all(axis=1)))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.intp)
+
+
+_LINES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _bound_lines(low: np.ndarray, high: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """``low`` and ``high`` repeated ``tile`` times, cached per pair of bounds (those of
+    :func:`_bounds`, the same arrays for every batch checked against one contract)."""
+    key = (id(low), id(high), tile)
+    cached = _LINES.get(key)
+    if cached is not None and cached[0] is low and cached[1] is high:
+        return cached[2], cached[3]
+    lines = np.tile(low, tile), np.tile(high, tile)
+    if len(_LINES) > 256:
+        _LINES.clear()
+    _LINES[key] = (low, high, *lines)
+    return lines
 
 
 def _within(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
