@@ -54,6 +54,10 @@ class AgentBenchmark:
     raw_health_p50_ms: float
     bare: Timing
     engine: Timing
+    round_ratios: tuple[tuple[float, float], ...] = ()
+    """Per round: the engine's 1-row p50 over the bare one's, and its batch throughput over
+    the bare one's (the host's moods move both sides of a round together, not every round
+    alike)."""
 
 
 def _free_port() -> int:
@@ -270,6 +274,13 @@ def run_agent_benchmark(
         raw_health_p50_ms=round(float(np.median(health_timings)) * 1000, 4),
         bare=bare,
         engine=through_engine,
+        round_ratios=tuple(
+            (
+                round(e.single_row_ms_p50 / b.single_row_ms_p50, 2),
+                round(e.batch_rows_per_s / b.batch_rows_per_s, 2),
+            )
+            for b, e in zip(bare_rounds, engine_rounds, strict=True)
+        ),
     )
 
 
