@@ -591,6 +591,10 @@ def test_the_agent_logged_no_traceback(target: Target) -> None:
     """Runs after the attacks above (file order): every refusal was handled, none escaped."""
     log = target.agent.log.read_text()
     assert "Traceback" not in log, log[-4000:]
+    # Every signature, the forged ones too, was judged by a child process, none left to the
+    # daemon (which would then load cryptography: edgeml.toolkit.signatures).
+    assert "gave no verdict" not in log, log[-4000:]
+    assert "cryptography" not in target.agent.mapped_files()
 
 
 # --- malformed messages to the fleet -------------------------------------------------------
