@@ -25,13 +25,15 @@ as its text, so ``007`` stays ``007``; for Parquet and ``.npy`` in its stored ty
 
 What this module leaves to others: which columns are features (the contract), what to do
 with invalid rows (``edgeml.toolkit.batch_scoring``), writing (``batch_writers``). It imports
-numpy and the standard library only; pyarrow is imported lazily, for Parquet alone.
+numpy and the standard library only; pyarrow is imported lazily, for Parquet, and where it is
+installed (a server) it also parses the numbers of CSV columns (:func:`type_text_column`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import itertools
 import json
 import math
@@ -39,7 +41,7 @@ import mmap
 import operator
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,11 +339,9 @@ def type_text_column(
     ):
         try:
             if "." in joined or "e" in joined or "E" in joined:
-                values = np.fromiter(map(float, raw), np.float64, len(raw))
-                kind = "float"
+                values, kind = _parse_numbers(raw, np.float64, float), "float"
             else:
-                values = np.fromiter(map(int, raw), np.int64, len(raw))
-                kind = "integer"
+                values, kind = _parse_numbers(raw, np.int64, int), "integer"
         except (ValueError, OverflowError):
             pass
         else:
@@ -350,6 +350,43 @@ def type_text_column(
             missing.flags.writeable = False
             return Column(name, kind, values, missing, source, first_row)
     return infer_column(name, raw, source=source, first_row=first_row)
+
+
+def _parse_numbers(
+    raw: Sequence[str], dtype: type[np.number], parse: Callable[[str], Any]
+) -> np.ndarray:
+    """Cells of plain decimal numbers as ``dtype``, the values ``parse`` (``float`` or
+    ``int``) gives.
+
+    With pyarrow installed, its parser reads them (3-4 times faster than ``float`` on
+    17-digit decimals: both round correctly, so the values are the same); it accepts a subset
+    of what Python accepts (not surrounding blanks, not ``+5`` as an integer, nothing past
+    int64): a column it refuses is read again by ``parse``, which decides.
+
+    Raises:
+        ValueError, OverflowError: ``parse`` refuses a cell, or a value does not fit.
+    """
+    arrow = _pyarrow_if_installed()
+    if arrow is not None:
+        pa, pc = arrow
+        try:
+            parsed = pc.cast(pa.array(raw, type=pa.string()), pa.from_numpy_dtype(dtype))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        else:
+            return np.asarray(parsed.to_numpy(zero_copy_only=False), dtype=dtype)
+    return np.fromiter(map(parse, raw), dtype, len(raw))
+
+
+@functools.cache
+def _pyarrow_if_installed() -> tuple[Any, Any] | None:
+    """(pyarrow, pyarrow.compute), or None where pyarrow is not installed."""
+    try:
+        import pyarrow
+        import pyarrow.compute
+    except ImportError:
+        return None
+    return pyarrow, pyarrow.compute
 
 
 def text_ids(name: str, raw: Sequence[str | None], source: str, first_row: int) -> Column:

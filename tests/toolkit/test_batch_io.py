@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeml.toolkit import batch_io
 from edgeml.toolkit.batch_io import (
     columns_from_mapping,
     columns_from_rows,
@@ -345,15 +346,26 @@ _CELLS = st.one_of(
             "٣",
             "true",
             "x",
+            "0x10",  # pyarrow reads it as 16
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "1e400",
+            "0.1000000000000000055511151231257827",
         ]
     ),
 )
 
 
+@pytest.mark.parametrize("parser", ["pyarrow", "python"])
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_CELLS, min_size=1, max_size=8))
-def test_the_fast_path_types_text_exactly_as_infer_column(cells: list[str]) -> None:
-    fast = type_text_column("x", cells, source="f.csv", first_row=3)
+def test_the_fast_path_types_text_exactly_as_infer_column(parser: str, cells: list[str]) -> None:
+    """With pyarrow installed its parser reads the numbers; without, Python's: the same."""
+    with pytest.MonkeyPatch.context() as patch:
+        if parser == "python":
+            patch.setattr(batch_io, "_pyarrow_if_installed", lambda: None)
+        fast = type_text_column("x", cells, source="f.csv", first_row=3)
     slow = infer_column("x", cells, source="f.csv", first_row=3)
     assert fast.kind == slow.kind
     assert fast.missing.tolist() == slow.missing.tolist()
