@@ -3,8 +3,10 @@
 The private key is written 0600 from the first byte (created with that mode, never chmod-ed
 afterwards), optionally encrypted with a passphrase that comes from an environment variable,
 never from the command line. The public key is a PEM file that trust stores hold
-(``edgeml.toolkit.trust``). What is signed and how a bundle is verified lives in
-``edgeml.toolkit.bundle``.
+(``edgeml.toolkit.trust``); read back it is a :class:`PublicKey`, its 32 raw bytes, whose
+signatures ``edgeml.toolkit.signatures`` checks (so reading keys and checking signatures
+needs no ``cryptography`` object; making keys and signing do). What is signed and how a
+bundle is verified lives in ``edgeml.toolkit.bundle``.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ from edgeml.toolkit.errors import ConfigError, InputError, TrustError
 from edgeml.toolkit.keys import AnyPublicKey, PublicKey, key_id, load_public_key
 from edgeml.toolkit.manifest import canonical_json, format_utc, parse_utc
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 TRUST_FORMAT = "edgeml-trust"
 TRUST_FORMAT_VERSION = 1
 REVOCATION_LIST = "revoked-keys.txt"
@@ -52,9 +55,6 @@ MAX_KEYS = 64
 MAX_REVOKED = 1024
 MAX_SIGNATURES = 16
 MAX_REVOCATION_LIST_BYTES = 64 * 1024
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 _SIGNED_FIELDS = frozenset(
     ("format", "format_version", "version", "keys", "root_keys", "revoked", "expires_at")
 )
