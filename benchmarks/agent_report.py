@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench_agent import AgentBenchmark
-from machine import Environment
+from machine import Environment, own_processes_note
 from rich.table import Table
 
 TARGETS = {
@@ -88,6 +88,12 @@ def markdown_body(b: AgentBenchmark, env: Environment) -> str:
         "figures do not.",
         "",
         *env.markdown_lines(),
+        own_processes_note(
+            "the agent, Mosquitto and the `edgeml agent install` call",
+            b.children_cpu_s,
+            b.total_s,
+            env.others_busy_cores,
+        ),
         "",
         "| figure | measured | target | |",
         "|---|---|---|---|",

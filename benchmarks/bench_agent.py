@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from machine import children_cpu_s
 from reference_models import REFERENCE_SPECS, train_reference_model
 from timing import Timing, TimingSettings, combine, measure
 
@@ -54,6 +55,9 @@ class AgentBenchmark:
     raw_health_p50_ms: float
     bare: Timing
     engine: Timing
+    children_cpu_s: float = 0.0
+    """CPU seconds of the benchmark's child processes: the agent, Mosquitto, the side-load."""
+    total_s: float = 0.0
     round_ratios: tuple[tuple[float, float], ...] = ()
     """Per round: the engine's 1-row p50 over the bare one's, and its batch throughput over
     the bare one's (the host's moods move both sides of a round together, not every round
@@ -156,6 +160,7 @@ def run_agent_benchmark(
     work: Path, timing: TimingSettings, log: Callable[[str], None]
 ) -> AgentBenchmark:
     """Build the reference MLP for raspberry-pi-4 and measure the agent serving it."""
+    started_all, children_before = time.monotonic(), children_cpu_s()
     spec = next(s for s in REFERENCE_SPECS if s.kind == "mlp")
     log("training the reference MLP")
     model = train_reference_model(spec, work / "model")
@@ -274,6 +279,8 @@ def run_agent_benchmark(
         raw_health_p50_ms=round(float(np.median(health_timings)) * 1000, 4),
         bare=bare,
         engine=through_engine,
+        children_cpu_s=round(children_cpu_s() - children_before, 1),
+        total_s=round(time.monotonic() - started_all, 1),
         round_ratios=tuple(
             (
                 round(e.single_row_ms_p50 / b.single_row_ms_p50, 2),

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import paho.mqtt.client as mqtt
+from machine import children_cpu_s
 from reference_models import REFERENCE_SPECS, train_reference_model
 
 from edgeml.converters.pipeline import BuildRequest, build_bundles
@@ -449,13 +450,6 @@ class FleetBenchmark:
     broker_peak_mib: float
     children_cpu_s: float
     total_s: float
-
-    @property
-    def children_cores(self) -> float:
-        """Cores this benchmark's child processes (broker, fleet, bare subscriber, command
-        line calls) kept busy on average over the whole benchmark: the runner counts them as
-        other processes' load, since they are not its own process."""
-        return self.children_cpu_s / self.total_s if self.total_s else 0.0
 
 
 # ------------------------------------------------------------------------------ processes
@@ -1250,7 +1244,7 @@ def run_fleet_benchmark(
 ) -> FleetBenchmark:
     """Measure a rollout to ``scale.devices`` simulated devices and the telemetry ingest."""
     started_all = time.monotonic()
-    children_before = _children_cpu_s()
+    children_before = children_cpu_s()
     bundle, load_bundle, trust = _build_bundle(work, log)
     db = work / "fleet.db"
     bundle_id, load_bundle_id = (
@@ -1322,7 +1316,7 @@ def run_fleet_benchmark(
         if fleet is not None:
             fleet.stop()
         _stop(broker)
-    children_cpu = _children_cpu_s() - children_before
+    children_cpu = children_cpu_s() - children_before
     with FleetRegistry.open(db) as final:
         telemetry_devices = final.telemetry_counts()["devices"]
     return FleetBenchmark(
@@ -1343,12 +1337,6 @@ def run_fleet_benchmark(
         children_cpu_s=round(children_cpu, 1),
         total_s=round(time.monotonic() - started_all, 1),
     )
-
-
-def _children_cpu_s() -> float:
-    """CPU seconds of this process's children that have been waited for."""
-    times = os.times()
-    return times.children_user + times.children_system
 
 
 if __name__ == "__main__":  # a quick look without the runner

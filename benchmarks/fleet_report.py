@@ -12,7 +12,7 @@ from bench_fleet import (
     ProcessFigures,
     StageTiming,
 )
-from machine import Environment
+from machine import Environment, own_processes_note
 from rich.table import Table
 
 
@@ -523,17 +523,12 @@ def findings(b: FleetBenchmark, cores: int) -> list[str]:
 
 
 def _environment_note(b: FleetBenchmark, env: Environment) -> str:
-    own = b.children_cores
-    text = (
-        f"- **This benchmark's own processes:** Mosquitto, the fleet service, the bare "
-        f"subscriber and the `edgeml` command-line calls are child processes, which the "
-        f"runner counts as other load: they used {b.children_cpu_s:.1f} s of CPU over the "
-        f"benchmark's {b.total_s:.0f} s, {own:.2f} cores on average"
+    return own_processes_note(
+        "Mosquitto, the fleet service, the bare subscriber and the `edgeml` command-line calls",
+        b.children_cpu_s,
+        b.total_s,
+        env.others_busy_cores,
     )
-    if env.others_busy_cores is not None:
-        rest = max(0.0, env.others_busy_cores - own)
-        text += f"; other work on the machine kept about {rest:.2f} cores busy"
-    return text + "."
 
 
 def markdown_body(b: FleetBenchmark, env: Environment) -> str:

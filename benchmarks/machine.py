@@ -115,6 +115,27 @@ class CpuClock:
         return max(0.0, others / wall) if wall > 0 else None
 
 
+def children_cpu_s() -> float:
+    """CPU seconds of this process's children that have been waited for."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def own_processes_note(what: str, cpu_s: float, total_s: float, others: float | None) -> str:
+    """The page's line on a benchmark's own child processes (``what`` they are), which the
+    runner's *other load* counts, since they are not the benchmark's process: their share,
+    and what is left for work that is not the benchmark's."""
+    own = cpu_s / total_s if total_s else 0.0
+    text = (
+        f"- **This benchmark's own processes:** {what} are child processes, which the runner "
+        f"counts as other load: they used {cpu_s:.1f} s of CPU over the benchmark's "
+        f"{total_s:.0f} s, {own:.2f} cores on average"
+    )
+    if others is not None:
+        text += f"; other work on the machine kept about {max(0.0, others - own):.2f} cores busy"
+    return text + "."
+
+
 def wait_for_quiet(
     max_wait_s: float, on_wait: Callable[[float], None], window_s: float = 2.0
 ) -> float | None:
