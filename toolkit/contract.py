@@ -757,6 +757,8 @@ def _bound_lines(low: np.ndarray, high: np.ndarray, tile: int) -> tuple[np.ndarr
     if cached is not None and cached[0] is low and cached[1] is high:
         return cached[2], cached[3]
     lines = np.tile(low, tile), np.tile(high, tile)
+    for line in lines:
+        line.flags.writeable = False  # shared by every batch, on every thread
     if len(_LINES) > 256:
         _LINES.clear()
     _LINES[key] = (low, high, *lines)
