@@ -52,6 +52,8 @@ from edgeml.toolkit.trust import TrustStore
 log = logging.getLogger("edgeml.agent")
 
 TICK_S = 0.2
+STOP_DRAIN_S = 5.0
+"""How long a clean stop waits for the broker to acknowledge the last telemetry windows."""
 STATUS_FILE = "agent.json"
 STALL_S = 10.0
 
@@ -138,13 +140,7 @@ class AgentDaemon:
                 log.warning(
                     "%d telemetry window(s) lost: the outbox cannot store them", self.outbox.held
                 )
-            self.publish_telemetry()
-            deadline = time.monotonic() + 3  # let the last windows be acknowledged
-            while (
-                self.link.connected.is_set() and self.link.in_flight and time.monotonic() < deadline
-            ):
-                time.sleep(0.05)
-            self._forget_acked()
+            self._drain_telemetry(time.monotonic() + STOP_DRAIN_S)
             self._work.put(("stop", Status(self.config.device_id, False, 0.0)))
             worker.join(timeout=10)
             self.link.stop()
@@ -311,6 +307,22 @@ class AgentDaemon:
                     self._in_flight.discard(entry.seq)
                 return
             room -= 1
+
+    def _drain_telemetry(self, deadline: float) -> None:
+        """On the way out: publish what the outbox holds, more as acknowledgements free room
+        in flight, until every window is acknowledged, the broker is gone or ``deadline``
+        passes. What is left stays in the outbox and goes at the next start."""
+        while True:
+            self.publish_telemetry()  # forgets the acknowledged first
+            with self._in_flight_lock:
+                in_flight = bool(self._in_flight)
+            if not in_flight and not self.outbox.pending(limit=1):
+                return
+            if not self.link.connected.is_set() or time.monotonic() >= deadline:
+                left = self.outbox.stats().pending
+                log.info("%d telemetry window(s) left for the next start", left)
+                return
+            time.sleep(0.05)
 
     def _acked(self, seq: int) -> None:
         """Runs on paho's thread: note the ack; the daemon loop deletes in batches."""

@@ -26,6 +26,7 @@ def write_config(
     device_id: str = "pi-1",
     tags: Sequence[str] = ("canary",),
     reserve_mb: float | None = None,
+    max_in_flight: int | None = None,
 ) -> Path:
     """An agent.toml in ``folder`` for a device on ``broker`` trusting ``key_dir``'s key."""
     api_port = free_port()
@@ -36,6 +37,7 @@ def write_config(
         f'state_dir = "{folder / "state"}"\ntrust = "{key_dir / "edgeml.pub"}"\n'
         f'[broker]\nurl = "{broker.url}"\n[api]\nlisten = "127.0.0.1:{api_port}"\n'
         f"[telemetry]\nwindow_s = {window_s}\n"
+        + ("" if max_in_flight is None else f"max_in_flight = {max_in_flight}\n")
         + ("" if reserve_mb is None else f"[install]\nreserve_mb = {reserve_mb}\n")
     )
     return config

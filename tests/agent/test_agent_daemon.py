@@ -186,6 +186,40 @@ def test_predictions_go_on_offline_and_every_window_arrives_once_after(
     assert max(seqs) >= 8, "windows kept coming while the broker was down"
 
 
+def test_a_clean_stop_sends_every_stored_window_past_the_in_flight_limit(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    key_dir: Path,
+    peer: ProtocolPeer,
+    built_bundle: Path,
+    logreg: TrainedModel,
+) -> None:
+    """Windows stored while the broker was away go at a clean stop, more as acknowledgements
+    come back, not only as many as may be in flight at once (one, here)."""
+    running = Agent(write_config(tmp_path, broker, key_dir, window_s=0.2, max_in_flight=1))
+    try:
+        peer.wait(lambda: "pi-1" in peer.statuses, 20, "the agent online")
+        assert peer.result(peer.install("pi-1", built_bundle)).outcome == "succeeded"
+        broker.stop()
+        for _ in range(8):  # about ten windows stored while the broker is down
+            assert running.predict(logreg.X_val[:3])[0] == 200
+            time.sleep(0.25)
+        before = len(peer.telemetry["pi-1"])
+        broker.start()
+        peer.wait(lambda: len(peer.telemetry["pi-1"]) > before, 30, "the agent back online")
+        running.stop()  # at once: most stored windows have not gone yet
+    finally:
+        running.stop()
+
+    def every_row_reported() -> bool:
+        return sum({w.seq: w.rows for w in peer.telemetry["pi-1"]}.values()) == 8 * 3
+
+    peer.wait(every_row_reported, 20, "every stored window")
+    seqs = sorted({w.seq for w in peer.telemetry["pi-1"]})
+    assert seqs == list(range(1, seqs[-1] + 1)), f"a window is missing: {seqs}"
+    assert "left for the next start" not in running.log.read_text()
+
+
 def test_every_single_row_request_reaches_the_windows(
     agent: Agent, peer: ProtocolPeer, built_bundle: Path, logreg: TrainedModel
 ) -> None:
