@@ -230,7 +230,13 @@ def test_every_single_row_request_reaches_the_windows(
         assert agent.predict(logreg.X_val[i : i + 1])[0] == 200
     agent.predict(np.array([[0.0] * (logreg.X_val.shape[1] + 1)]))  # refused: wrong width
     agent.stop()
-    peer.wait(lambda: sum(w.requests for w in peer.telemetry["pi-1"]) >= 41, 20, "every request")
+    try:
+        peer.wait(lambda: sum(w.requests for w in peer.telemetry["pi-1"]) >= 41, 20, "requests")
+    except AssertionError as error:  # what the agent said about its last windows, if anything
+        windows = [(w.seq, w.requests) for w in peer.telemetry["pi-1"]]
+        raise AssertionError(
+            f"{error}; windows {windows}\n{agent.log.read_text()[-3000:]}"
+        ) from None
     windows = {w.seq: w for w in peer.telemetry["pi-1"]}.values()
     assert sum(w.requests for w in windows) == 41
     assert sum(w.rows for w in windows) == 40
