@@ -57,6 +57,7 @@ DEFAULT_LISTEN = "127.0.0.1:8765"
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_IDLE_TIMEOUT_S = 30.0
+CLOSE_WAIT_S = 5.0
 MIN_TOKEN_LENGTH = 16
 _TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")  # RFC 6750 token68
 
@@ -234,7 +235,9 @@ class ScoringAPI:
         return self._thread
 
     def close(self) -> None:
-        """Stop serving, close every connection and the socket (idempotent)."""
+        """Stop serving, close every connection and the socket, and wait (5 s at most) for
+        the requests being answered: once it returns, every request answered has been
+        recorded (idempotent)."""
         if self._closed:
             return
         self._closed = True
@@ -244,6 +247,8 @@ class ScoringAPI:
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if not self._server.wait_for_handlers(CLOSE_WAIT_S):
+            log.warning("the local API closed with requests still being answered")
 
     def __enter__(self) -> ScoringAPI:
         return self

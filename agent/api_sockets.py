@@ -16,6 +16,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,6 +128,18 @@ class _Connections:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def wait_for_handlers(self, timeout: float) -> bool:
+        """Wait until every connection's handler has returned (a request being answered has
+        been answered and recorded); False if some had not by ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._open_lock:
+                if not self._open:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("a connection of the local API failed", exc_info=True)

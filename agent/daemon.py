@@ -135,6 +135,9 @@ class AgentDaemon:
                 self._notice_stalled_transfer()
                 self._write_status_file(now)
         finally:
+            # The API first: a request answered just before the stop is recorded (after its
+            # answer was sent) before the last window closes.
+            self.api.close()
             self.flush_window(self.clock())
             if self.outbox.held:
                 log.warning(
@@ -144,7 +147,6 @@ class AgentDaemon:
             self._work.put(("stop", Status(self.config.device_id, False, 0.0)))
             worker.join(timeout=10)
             self.link.stop()
-            self.api.close()
             self.outbox.close()
 
     def stop(self) -> None:

@@ -369,6 +369,27 @@ def test_every_predict_request_is_recorded_after_its_answer(
     assert set(summary.drift_psi) >= set(engine.features)
 
 
+def test_close_returns_once_every_answered_request_is_recorded(
+    engine: ScoringEngine, rows: list[dict[str, float]]
+) -> None:
+    """The daemon closes the API before it closes the last telemetry window: a request
+    answered just before (recorded after its answer went out) must be in that window."""
+    recorded: list[Observation] = []
+
+    def slow_record(observation: Observation) -> None:
+        time.sleep(0.5)  # a recorder held up (a busy device) after the answer was sent
+        recorded.append(observation)
+
+    api = ScoringAPI(ModelHolder(engine), "127.0.0.1:0", record=slow_record)
+    api.start()
+    try:
+        status, _, _ = request(api, "POST", "/v1/predict", {"rows": rows[:1]})
+        assert status == 200 and recorded == [], "answered before it was recorded"
+    finally:
+        api.close()
+    assert len(recorded) == 1
+
+
 def test_a_failing_model_answers_500_and_a_failing_recorder_is_only_logged(
     built_bundle: Path,
     key_dir: Path,
