@@ -14,6 +14,7 @@ Predictions go on whether or not the broker is reachable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from edgeml.agent.install import install_bundle, recover, rollback
 from edgeml.agent.locking import install_lock
 from edgeml.agent.mqtt_link import AgentLink
 from edgeml.agent.outbox import OutboxError, TelemetryOutbox
-from edgeml.agent.slots import active_bundle_path, read_state
+from edgeml.agent.slots import active_bundle_path, read_state, slot_bundle
 from edgeml.agent.telemetry import Observation, WindowAccumulator
 from edgeml.agent.transfer import DiskFullError, IncomingTransfer
 from edgeml.agent.trust import DeviceTrust, chain_path, load_device_trust, update_trust
@@ -446,7 +447,7 @@ class AgentDaemon:
 
     def _start_install(self, command: Command) -> None:
         if command.bundle_id == self._active_id():
-            self._result(command, "succeeded", "already active")
+            self._answer_install_of_active(command)
             return
         try:
             transfer = IncomingTransfer.from_command(
@@ -527,6 +528,31 @@ class AgentDaemon:
             )
         finally:
             path.unlink(missing_ok=True)
+
+    def _answer_install_of_active(self, command: Command) -> None:
+        """An install of the bundle id already active: nothing to do if it is the same file;
+        other content under that id (rebuilt, re-signed) is refused, not taken for it."""
+        path = slot_bundle(self.config.state_dir, command.bundle_id)
+        try:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as error:
+            detail = f"already active (its file could not be read to compare: {error.strerror})"
+            self._result(command, "succeeded", detail)
+            return
+        active = digest.hexdigest()
+        if command.bundle_sha256 in (None, active):
+            self._result(command, "succeeded", "already active")
+            return
+        self._result(
+            command,
+            "refused",
+            f"{command.bundle_id} is already active with other content (sha256 {active[:16]}, "
+            f"offered {command.bundle_sha256[:16]}): a bundle id names one content; build a new "
+            "version",
+        )
 
     def _activate(self, command: Command) -> None:
         state = read_state(self.config.state_dir)
