@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -536,25 +536,41 @@ def check_matrix(
     return _finish(contract, data, None, findings, [], (), strict_range, source, first_row, blanked)
 
 
-_BOUNDS: dict[tuple[int, str], tuple[DataContract, np.ndarray, np.ndarray]] = {}
+T = TypeVar("T")
+
+
+class _PerObject:
+    """Values computed from objects that stay as they are (a contract, the bounds made from
+    it), kept per those objects' identity: a scoring engine checks every request against the
+    same contract, and hashing it would cost more than the check. An entry holds its objects,
+    so no other object can take their ids while it is kept; at most 256 entries."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[tuple[object, ...], Any]] = {}
+
+    def get(
+        self, key: tuple[Any, ...], owners: tuple[object, ...], make: Callable[..., T], *args: Any
+    ) -> T:
+        """The value under ``key`` (the ids of ``owners``, then anything else it depends on),
+        made by ``make(*args)`` the first time."""
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) > 256:
+                self._entries.clear()
+            entry = self._entries[key] = (owners, make(*args))
+        return entry[1]
+
+
+_BOUNDS = _PerObject()
 
 
 def _bounds(contract: DataContract, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The contract's range per feature in ``dtype``, cached per contract object (a scoring
-    engine checks every request against the same contract; hashing it costs more)."""
-    key = (id(contract), np.dtype(dtype).str)
-    cached = _BOUNDS.get(key)
-    if cached is not None and cached[0] is contract:
-        return cached[1], cached[2]
-    low, high = _compute_bounds(contract, dtype)
-    if len(_BOUNDS) > 256:
-        _BOUNDS.clear()
-    _BOUNDS[key] = (contract, low, high)
-    return low, high
+    """The contract's range per feature in ``dtype``, kept per contract object."""
+    dtype = np.dtype(dtype)
+    return _BOUNDS.get((id(contract), dtype.str), (contract,), _compute_bounds, contract, dtype)
 
 
-_CleanCheck = tuple[DataContract, np.ndarray, np.ndarray, "np.ndarray | None"]
-_CLEAN_CHECKS: dict[tuple[int, str], _CleanCheck] = {}
+_CLEAN_CHECKS = _PerObject()
 
 
 def is_clean_small_batch(contract: DataContract, data: np.ndarray) -> bool:
@@ -566,21 +582,9 @@ def is_clean_small_batch(contract: DataContract, data: np.ndarray) -> bool:
     check must look (it finds and names what is wrong). This is the single-row path of the
     agent's local API: a handful of numpy calls instead of the full bookkeeping.
     """
-    key = (id(contract), data.dtype.str)
-    cached = _CLEAN_CHECKS.get(key)
-    if cached is None or cached[0] is not contract:
-        low, high = _bounds(contract, data.dtype)
-        low, high = low.copy(), high.copy()
-        whole = [j for j, f in enumerate(contract.features) if f.kind != "float"]
-        for j, spec in enumerate(contract.features):
-            if spec.kind == "boolean":
-                low[j], high[j] = max(low[j], 0), min(high[j], 1)
-        if len(_CLEAN_CHECKS) > 256:
-            _CLEAN_CHECKS.clear()
-        columns = None if len(whole) == len(contract.features) else np.array(whole, dtype=np.intp)
-        cached = (contract, low, high, columns if whole else np.zeros(0, dtype=np.intp))
-        _CLEAN_CHECKS[key] = cached
-    _, low, high, whole = cached
+    low, high, whole = _CLEAN_CHECKS.get(
+        (id(contract), data.dtype.str), (contract,), _clean_check_terms, contract, data.dtype
+    )
     # nan compares False without a warning (only ordering nan in a sort warns).
     if not ((data >= low) & (data <= high)).all():
         return False
@@ -590,6 +594,21 @@ def is_clean_small_batch(contract: DataContract, data: np.ndarray) -> bool:
         picked = data[:, whole]
         return bool((picked == np.rint(picked)).all())
     return True
+
+
+def _clean_check_terms(
+    contract: DataContract, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What :func:`is_clean_small_batch` compares: the bounds (narrowed to [0, 1] for a
+    boolean feature) and the columns that must hold whole numbers (None: every one)."""
+    low, high = _bounds(contract, dtype)
+    low, high = low.copy(), high.copy()
+    whole = [j for j, f in enumerate(contract.features) if f.kind != "float"]
+    for j, spec in enumerate(contract.features):
+        if spec.kind == "boolean":
+            low[j], high[j] = max(low[j], 0), min(high[j], 1)
+    columns = None if len(whole) == len(contract.features) else np.array(whole, dtype=np.intp)
+    return low, high, columns if whole else np.zeros(0, dtype=np.intp)
 
 
 def _clean_report(
@@ -746,22 +765,19 @@ def _rows_to_look_at(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.
     return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.intp)
 
 
-_LINES: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+_LINES = _PerObject()
 
 
 def _bound_lines(low: np.ndarray, high: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """``low`` and ``high`` repeated ``tile`` times, cached per pair of bounds (those of
+    """``low`` and ``high`` repeated ``tile`` times, kept per pair of bounds (those of
     :func:`_bounds`, the same arrays for every batch checked against one contract)."""
-    key = (id(low), id(high), tile)
-    cached = _LINES.get(key)
-    if cached is not None and cached[0] is low and cached[1] is high:
-        return cached[2], cached[3]
+    return _LINES.get((id(low), id(high), tile), (low, high), _tiled, low, high, tile)
+
+
+def _tiled(low: np.ndarray, high: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
     lines = np.tile(low, tile), np.tile(high, tile)
     for line in lines:
         line.flags.writeable = False  # shared by every batch, on every thread
-    if len(_LINES) > 256:
-        _LINES.clear()
-    _LINES[key] = (low, high, *lines)
     return lines
 
 
