@@ -14,7 +14,6 @@ Predictions go on whether or not the broker is reachable.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from edgeml.agent.telemetry import Observation, WindowAccumulator
 from edgeml.agent.transfer import DiskFullError, IncomingTransfer
 from edgeml.agent.trust import DeviceTrust, chain_path, load_device_trust, update_trust
 from edgeml.toolkit import __version__
+from edgeml.toolkit.bundle import sha256_file
 from edgeml.toolkit.errors import EdgeMLError
 from edgeml.toolkit.protocol import (
     TRANSFER_WINDOW,
@@ -532,17 +532,12 @@ class AgentDaemon:
     def _answer_install_of_active(self, command: Command) -> None:
         """An install of the bundle id already active: nothing to do if it is the same file;
         other content under that id (rebuilt, re-signed) is refused, not taken for it."""
-        path = slot_bundle(self.config.state_dir, command.bundle_id)
         try:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            active = sha256_file(slot_bundle(self.config.state_dir, command.bundle_id))
         except OSError as error:
             detail = f"already active (its file could not be read to compare: {error.strerror})"
             self._result(command, "succeeded", detail)
             return
-        active = digest.hexdigest()
         if command.bundle_sha256 in (None, active):
             self._result(command, "succeeded", "already active")
             return

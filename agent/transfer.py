@@ -23,7 +23,6 @@ daemon's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from edgeml.agent.slots import INCOMING, fsync_dir, is_disk_full
+from edgeml.toolkit.bundle import sha256_file
 from edgeml.toolkit.errors import EdgeMLError
 from edgeml.toolkit.protocol import MAX_BUNDLE_BYTES, Chunk, Command, ProtocolError
 
@@ -45,7 +45,6 @@ SIDECAR_SUFFIX = ".transfer.json"
 BUNDLE_SUFFIX = ".edgeml"
 DEFAULT_FSYNC_BYTES = 1024 * 1024
 DEFAULT_RESERVE_BYTES = 16 * 1024 * 1024
-HASH_BLOCK = 256 * 1024
 _BUNDLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -190,17 +189,6 @@ class ChunkResult:
         return self.verdict is Verdict.WRITE
 
 
-def _sha256_file(path: Path) -> str:
-    """The file's SHA-256, read through one buffer of ``HASH_BLOCK`` bytes."""
-    digest = hashlib.sha256()
-    buffer = bytearray(HASH_BLOCK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-    return digest.hexdigest()
-
-
 class IncomingTransfer:
     """The receiving side of one bundle transfer, streamed to ``STATE_DIR/incoming``.
 
@@ -263,7 +251,7 @@ class IncomingTransfer:
     def _open(self) -> int:
         if self.final.exists():
             if self.final.stat().st_size == self.announced.size and (
-                _sha256_file(self.final) == self.announced.sha256
+                sha256_file(self.final) == self.announced.sha256
             ):
                 self._complete = True  # completed before: nothing to fetch again
                 return self.announced.size
@@ -427,7 +415,7 @@ class IncomingTransfer:
                 "received; the transfer is not complete"
             )
         self.close()
-        digest = _sha256_file(self.part)
+        digest = sha256_file(self.part)
         if digest != self.announced.sha256:
             self.discard()
             raise TransferRefused(

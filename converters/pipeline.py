@@ -43,7 +43,7 @@ from edgeml.converters.metrics import metric_drop_points, primary_metric, task_m
 from edgeml.converters.passes import PassContext, PassFailed, PassSkipped, onnx_pass
 from edgeml.converters.passes.graph import check_runs
 from edgeml.converters.passes.prune import prune_mlp_units
-from edgeml.converters.source_model import SourceModel, load_source_model, sha256_file, to_onnx
+from edgeml.converters.source_model import SourceModel, load_source_model, to_onnx
 from edgeml.toolkit import __version__ as edgeml_version
 from edgeml.toolkit import drift
 from edgeml.toolkit.bundle import (
@@ -51,6 +51,7 @@ from edgeml.toolkit.bundle import (
     GOLDEN,
     MODEL,
     bundle_bytes,
+    sha256_file,
     verify_bundle,
     write_atomically,
 )

@@ -7,7 +7,6 @@ left to the passes.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeml.converters import onnx_graph, sklearn_frontend
+from edgeml.toolkit.bundle import sha256_file
 from edgeml.toolkit.errors import ConversionError, InputError
 from edgeml.toolkit.manifest import TensorSpec
 
@@ -33,14 +33,6 @@ class SourceModel:
     sklearn: sklearn_frontend.SklearnModel | None = None
     onnx_model: Any = None
     type_name: str = ""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _onnx_task(outputs: Sequence[TensorSpec], path: Path) -> str:

@@ -9,7 +9,6 @@ changes content. What is published is checked against the trust store first (DES
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from edgeml.fleet.records import BundleRecord
 from edgeml.fleet.registry import FleetRegistry
-from edgeml.toolkit.bundle import verify_bundle
+from edgeml.toolkit.bundle import sha256_file, verify_bundle
 from edgeml.toolkit.errors import InputError
 from edgeml.toolkit.trust import TrustStore
 
@@ -25,14 +24,6 @@ from edgeml.toolkit.trust import TrustStore
 def bundle_store(db_path: Path) -> Path:
     """The folder where the fleet keeps the bundles it publishes (beside its database)."""
     return db_path.with_name(db_path.stem + ".bundles")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def publish_bundle(
@@ -56,7 +47,7 @@ def publish_bundle(
     shutil.copyfile(bundle_path, temporary)
     with temporary.open("rb+") as handle:
         os.fsync(handle.fileno())
-    sha256 = file_sha256(temporary)
+    sha256 = sha256_file(temporary)
     manifest = verified.manifest
     record = BundleRecord(
         bundle_id=verified.bundle_id,

@@ -34,7 +34,6 @@ import paho.mqtt.client as mqtt
 
 from edgeml.fleet.gates import DeviceHealth
 from edgeml.fleet.operations import device_view
-from edgeml.fleet.publishing import file_sha256
 from edgeml.fleet.records import BundleRecord
 from edgeml.fleet.registry import FleetRegistry
 from edgeml.fleet.rollout import (
@@ -49,7 +48,7 @@ from edgeml.fleet.rollout import (
     SendInstall,
     step,
 )
-from edgeml.toolkit.bundle import verify_bundle
+from edgeml.toolkit.bundle import sha256_file, verify_bundle
 from edgeml.toolkit.errors import EdgeMLError
 from edgeml.toolkit.protocol import (
     TRANSFER_WINDOW,
@@ -302,7 +301,7 @@ class FleetService:
             return True
         try:
             verify_bundle(bundle.path, self.trust)
-            if file_sha256(Path(bundle.path)) != bundle.sha256:
+            if sha256_file(Path(bundle.path)) != bundle.sha256:
                 raise EdgeMLError(f"{bundle.path} changed since it was published")
         except (EdgeMLError, OSError) as error:
             log.error("bundle %s refused: %s", bundle.bundle_id, error)

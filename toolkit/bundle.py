@@ -210,6 +210,21 @@ def bundle_bytes(
     return buffer.getvalue()
 
 
+HASH_BLOCK = 256 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    """A file's SHA-256 (hex), read through one buffer of ``HASH_BLOCK`` bytes: what a
+    bundle file is announced, transferred and registered under."""
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write a file through a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
