@@ -588,7 +588,31 @@ def is_clean_small_batch(contract: DataContract, data: np.ndarray) -> bool:
     # nan compares False without a warning (only ordering nan in a sort warns).
     if not ((data >= low) & (data <= high)).all():
         return False
-    if whole is None:  # every feature is integer or boolean
+    return _whole_where_needed(data, whole)
+
+
+def is_clean_batch(contract: DataContract, data: np.ndarray) -> bool:
+    """:func:`is_clean_small_batch` for a float matrix of any number of rows.
+
+    Many rows are judged by each column's smallest and largest value (two reductions that
+    run along lines of many rows, and no mask as large as the batch): a column is inside its
+    range when both are, and a nan anywhere in it makes both nan, which compares False.
+    """
+    if data.shape[0] <= SMALL_BATCH:
+        return is_clean_small_batch(contract, data)
+    low, high, whole = _CLEAN_CHECKS.get(
+        (id(contract), data.dtype.str), (contract,), _clean_check_terms, contract, data.dtype
+    )
+    smallest, largest = _column_extremes(data)
+    if not ((smallest >= low).all() and (largest <= high).all()):
+        return False
+    return _whole_where_needed(data, whole)
+
+
+def _whole_where_needed(data: np.ndarray, whole: np.ndarray | None) -> bool:
+    """Whether the columns ``whole`` (None: every one) hold whole numbers only (the values
+    are known to be inside their bounds, which are finite for such columns)."""
+    if whole is None:
         return bool((data == np.rint(data)).all())
     if whole.size:
         picked = data[:, whole]
@@ -596,17 +620,38 @@ def is_clean_small_batch(contract: DataContract, data: np.ndarray) -> bool:
     return True
 
 
+def _column_extremes(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's smallest and largest value (nan where the column holds one)."""
+    n, width = data.shape
+    tile = max(1, _LINE // max(width, 1))
+    aligned = n // tile * tile
+    if not width or not aligned or not data.flags.c_contiguous:
+        return data.min(axis=0), data.max(axis=0)
+    lines = data[:aligned].reshape(-1, tile * width)  # tile rows side by side per line
+    smallest = lines.min(axis=0).reshape(tile, width).min(axis=0)
+    largest = lines.max(axis=0).reshape(tile, width).max(axis=0)
+    if aligned < n:
+        rest = data[aligned:]
+        smallest = np.minimum(smallest, rest.min(axis=0))
+        largest = np.maximum(largest, rest.max(axis=0))
+    return smallest, largest
+
+
 def _clean_check_terms(
     contract: DataContract, dtype: np.dtype
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """What :func:`is_clean_small_batch` compares: the bounds (narrowed to [0, 1] for a
-    boolean feature) and the columns that must hold whole numbers (None: every one)."""
+    boolean feature, to finite values for an integer one: inf is no whole number) and the
+    columns that must hold whole numbers (None: every one)."""
     low, high = _bounds(contract, dtype)
     low, high = low.copy(), high.copy()
+    finite = np.finfo(dtype)
     whole = [j for j, f in enumerate(contract.features) if f.kind != "float"]
     for j, spec in enumerate(contract.features):
         if spec.kind == "boolean":
             low[j], high[j] = max(low[j], 0), min(high[j], 1)
+        elif spec.kind == "integer":
+            low[j], high[j] = max(low[j], finite.min), min(high[j], finite.max)
     columns = None if len(whole) == len(contract.features) else np.array(whole, dtype=np.intp)
     return low, high, columns if whole else np.zeros(0, dtype=np.intp)
 

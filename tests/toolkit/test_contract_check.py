@@ -19,6 +19,7 @@ from edgeml.toolkit.contract import (
     MISSING_COLUMN,
     NULL,
     OUT_OF_RANGE,
+    SMALL_BATCH,
     WRONG_TYPE,
     ContractViolation,
     DataContract,
@@ -26,6 +27,7 @@ from edgeml.toolkit.contract import (
     _rows_to_look_at,
     check_columns,
     check_matrix,
+    is_clean_batch,
     is_clean_small_batch,
     missing_columns,
 )
@@ -320,7 +322,7 @@ INTEGERS_ONLY = DataContract(
 @given(
     st.sampled_from([CONTRACT, INTEGERS_ONLY]),
     st.sampled_from([np.float32, np.float64]),
-    st.integers(1, 16),
+    st.integers(1, 60),
     st.data(),
 )
 def test_the_clean_fast_path_never_passes_what_the_full_check_flags(
@@ -336,8 +338,10 @@ def test_the_clean_fast_path_never_passes_what_the_full_check_flags(
             ),
         )
     )
-    report = check_matrix(contract, matrix)
-    if is_clean_small_batch(contract, matrix):  # then the full check finds nothing at all
+    # The full check, on the same rows repeated past SMALL_BATCH (check_matrix itself takes
+    # the fast path for a few rows, so it cannot judge it on those).
+    report = check_matrix(contract, np.concatenate([matrix] * (SMALL_BATCH // rows + 1)))
+    if is_clean_batch(contract, matrix):  # then the full check finds nothing at all
         assert report.passed and not report.out_of_range
     elif not np.isnan(matrix).any():  # without nulls, "not clean" means it finds something
         assert not report.passed or report.out_of_range
@@ -415,6 +419,58 @@ def test_rows_outside_the_range_are_found_across_blocks(
         matrix[i, j] = rng.choice([np.nan, -2.0, 2.0, np.inf])
     expected = np.flatnonzero(~((matrix >= low) & (matrix <= high)).all(axis=1))
     assert _rows_to_look_at(matrix, low, high).tolist() == expected.tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.integers(1, 3000),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    fortran=st.booleans(),
+    bad=st.sampled_from([None, np.nan, np.inf, -np.inf, -1.0, 17.0, 0.5, 2.0]),
+    column=st.integers(0, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_clean_batch_of_any_size_is_told_from_one_bad_cell(
+    rows: int, dtype: type, fortran: bool, bad: float | None, column: int, seed: int
+) -> None:
+    """Many rows are judged by each column's extremes: one bad cell anywhere (the first row,
+    the last, the rows that fill no whole line) makes the batch not clean, and the verdict
+    is the full check's."""
+    rng = np.random.default_rng(seed)
+    matrix = np.column_stack(
+        [rng.integers(0, 17, rows), rng.integers(-5, 5, rows), rng.integers(0, 2, rows)]
+    ).astype(dtype)
+    if bad is not None:
+        matrix[int(rng.choice([0, rows - 1, rng.integers(rows)])), column] = bad
+    if fortran:
+        matrix = np.asfortranarray(matrix)
+    clean = is_clean_batch(INTEGERS_ONLY, matrix)
+    full = check_matrix(INTEGERS_ONLY, np.concatenate([matrix] * (SMALL_BATCH // rows + 1)))
+    if clean:
+        assert full.passed and not full.out_of_range
+    # n: whole numbers in [0, 16]; m: any whole number, or null; b: 0 or 1
+    fine = {0: (2.0,), 1: (np.nan, -1.0, 17.0, 2.0), 2: ()}[column]
+    if bad is None:
+        assert clean
+    elif not any(bad == v or (np.isnan(bad) and np.isnan(v)) for v in fine):
+        assert not clean
+        assert not full.passed or full.out_of_range
+
+
+def test_inf_is_no_integer_on_the_fast_path_either() -> None:
+    """An integer feature without bounds: inf is refused for one row as for many (the fast
+    path once took inf == rint(inf) for a whole number)."""
+    contract = DataContract(
+        (FeatureSpec("m", "integer", nullable=True, minimum=None, maximum=None),)
+    )
+    for rows in (1, SMALL_BATCH + 1):
+        matrix = np.zeros((rows, 1))
+        matrix[-1, 0] = np.inf
+        assert not is_clean_batch(contract, matrix)
+        report = check_matrix(contract, matrix)
+        assert [v.message for v in report.violations()] == [
+            f"row {rows}, column 'm': inf is not an integer (the contract says integer)"
+        ]
 
 
 def test_clean_rows_take_the_fast_path_and_predict_the_same() -> None:

@@ -4,6 +4,7 @@ predictions that reproduce the source scikit-learn model from every kind of inpu
 from __future__ import annotations
 
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,39 @@ def test_a_contract_violation_names_row_and_column(
     assert engine.check(too_big).passed, "out of range is only a warning by default"
     with pytest.raises(ContractViolation, match="above the contract's maximum"):
         engine.predict(too_big, strict_range=True)
+
+
+def test_batches_converted_through_a_kept_matrix_give_their_own_predictions(
+    engine: ScoringEngine, logreg: TrainedModel
+) -> None:
+    """predict converts a float64 batch of many rows into a matrix it keeps for the next
+    call: each call's answer is its own rows' (as the full check and run give them), on
+    one thread or several at once, and a batch that breaks the contract, converted there
+    first, is reported from a matrix of its own."""
+    rng = np.random.default_rng(7)
+    batches = [
+        logreg.X_val[rng.integers(0, len(logreg.X_val), size)] for size in (100, 300, 65, 300)
+    ]
+    expected = [engine.run(engine.check(b).matrix).probabilities for b in batches]
+    for batch, probabilities in zip(batches * 3, expected * 3, strict=True):
+        np.testing.assert_array_equal(engine.predict(batch).probabilities, probabilities)
+    kept = list(engine._spare_buffers)
+    assert kept and all(m.dtype == np.float32 and m.shape[0] >= 300 for m in kept)
+
+    def score(i: int) -> bool:
+        j = i % len(batches)
+        return np.array_equal(engine.predict(batches[j]).probabilities, expected[j])
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(score, range(200)))
+    assert len(engine._spare_buffers) <= 4
+
+    bad = batches[1].copy()
+    bad[123, 4] = np.nan
+    with pytest.raises(ContractViolation, match=r"row 124, column .*: no value") as caught:
+        engine.predict(bad)
+    matrix = caught.value.report.matrix
+    assert not any(np.shares_memory(matrix, m) for m in engine._spare_buffers)
 
 
 def test_input_of_the_wrong_shape_or_kind_is_an_input_error(engine: ScoringEngine) -> None:
