@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from edgeml.toolkit.contract import ContractReport, ContractViolation
+from edgeml.toolkit.contract import ContractReport, ContractViolation, RangeCount
 from edgeml.toolkit.scoring import Predictions, ScoringEngine
 
 MAX_VIOLATIONS_SHOWN = 20
@@ -58,9 +58,13 @@ def model_document(engine: ScoringEngine) -> dict[str, Any]:
 
 
 def prediction_document(
-    engine: ScoringEngine, predictions: Predictions, report: ContractReport, unknown: Sequence[str]
+    engine: ScoringEngine,
+    predictions: Predictions,
+    out_of_range: Mapping[str, RangeCount],
+    unknown: Sequence[str],
 ) -> dict[str, Any]:
-    """``/v1/predict``'s body for scored rows."""
+    """``/v1/predict``'s body for scored rows (``out_of_range``: the contract check's counts of
+    values outside their range, by feature)."""
     document: dict[str, Any] = {"bundle": engine.bundle_id}
     if predictions.values is not None:
         document["predictions"] = predictions.values.tolist()
@@ -72,8 +76,8 @@ def prediction_document(
             document["probabilities"] = predictions.probabilities.tolist()
     if unknown:
         document["unknown_fields"] = list(unknown)
-    if report.out_of_range:
-        document["out_of_range"] = {k: v.total for k, v in report.out_of_range.items()}
+    if out_of_range:
+        document["out_of_range"] = {k: v.total for k, v in out_of_range.items()}
     return document
 
 

@@ -10,7 +10,6 @@ row and on a batch of 1,024 rows.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import os
@@ -28,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 from machine import children_cpu_s
 from reference_models import REFERENCE_SPECS, train_reference_model
-from timing import Timing, TimingSettings, combine, measure
+from timing import Timing, TimingSettings, Turns, single_rows, tiled_batch, time_in_turns
 
 from edgeml.converters.pipeline import BuildRequest, build_bundles
 from edgeml.toolkit.bundle import MODEL, verify_bundle
@@ -38,7 +37,36 @@ from edgeml.toolkit.scoring import ScoringEngine
 from edgeml.toolkit.trust import load_trust_store
 
 EDGEML = str(Path(sys.executable).with_name("edgeml"))
-ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class EngineComparison:
+    """The scoring engine's Python API against bare onnxruntime sessions, in this process.
+
+    Ratios are (median, 10th percentile, 90th percentile) over the turns: the engine's 1-row
+    p50 over the bare session's (lower is better), and its batch throughput over the bare
+    session's (higher is better).
+    """
+
+    bundle_id: str
+    threads: int
+    bare: Timing
+    """A bare session with the engine's session options, on float32 rows."""
+    engine: Timing
+    """``ScoringEngine.predict`` on the same float32 rows."""
+    engine_float64: Timing
+    """``ScoringEngine.predict`` on the rows as float64 (it converts them)."""
+    bare_spinning: Timing
+    """A bare session with onnxruntime's default options (idle workers spin), on its own."""
+    single_ratio: tuple[float, float, float]
+    batch_ratio: tuple[float, float, float]
+    single_ratio_float64: tuple[float, float, float]
+    batch_ratio_float64: tuple[float, float, float]
+    turns: tuple[int, int]
+    cpu_ms_per_batch_sleeping: float
+    """CPU per 1,024-row request, requests 2 ms apart: the engine's session options."""
+    cpu_ms_per_batch_spinning: float
+    """The same with onnxruntime's default options (workers spin after each run)."""
 
 
 @dataclass(frozen=True)
@@ -53,15 +81,10 @@ class AgentBenchmark:
     http_calls: int
     raw_single_p50_ms: float
     raw_health_p50_ms: float
-    bare: Timing
-    engine: Timing
+    comparison: EngineComparison
     children_cpu_s: float = 0.0
     """CPU seconds of the benchmark's child processes: the agent, Mosquitto, the side-load."""
     total_s: float = 0.0
-    round_ratios: tuple[tuple[float, float], ...] = ()
-    """Per round: the engine's 1-row p50 over the bare one's, and its batch throughput over
-    the bare one's (the host's moods move both sides of a round together, not every round
-    alike)."""
 
 
 def _free_port() -> int:
@@ -246,30 +269,10 @@ def run_agent_benchmark(
     finally:
         broker.terminate()
         broker.wait(timeout=10)
-    log("bare onnxruntime session and the scoring engine, in this process")
-    verified = verify_bundle(bundle, load_trust_store(trust))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 4  # as the raspberry-pi-4 profile runs it
-    session = ort.InferenceSession(
-        verified.entries[MODEL], options, providers=["CPUExecutionProvider"]
-    )
-    name = session.get_inputs()[0].name
-    engine = ScoringEngine.open(bundle, load_trust_store(trust))
-    # The two sides take turns, a third of the time budget each round, so that the host's
-    # moods fall on both alike; the medians of the rounds count.
-    share = dataclasses.replace(
-        timing,
-        single_max_calls=max(1, timing.single_max_calls // ROUNDS),
-        single_budget_s=timing.single_budget_s / ROUNDS,
-        batch_budget_s=timing.batch_budget_s / ROUNDS,
-    )
-    bare_rounds, engine_rounds = [], []
-    for _ in range(ROUNDS):
-        bare_rounds.append(measure(lambda x: session.run(None, {name: x}), rows, np.float32, share))
-        engine_rounds.append(measure(engine.predict, rows, np.float64, share))
-    bare, through_engine = combine(bare_rounds), combine(engine_rounds)
+    log("bare onnxruntime sessions and the scoring engine, in this process, in turns")
+    comparison = compare_with_bare_sessions(bundle, trust, rows, timing)
     return AgentBenchmark(
-        bundle_id=verified.bundle_id,
+        bundle_id=comparison.bundle_id,
         rss_idle_mib=round(rss_idle, 1),
         rss_loaded_mib=round(rss_loaded, 1),
         first_answer_s=round(first_answer, 3),
@@ -277,17 +280,127 @@ def run_agent_benchmark(
         http_calls=len(timings),
         raw_single_p50_ms=round(float(np.median(raw_timings)) * 1000, 4),
         raw_health_p50_ms=round(float(np.median(health_timings)) * 1000, 4),
-        bare=bare,
-        engine=through_engine,
+        comparison=comparison,
         children_cpu_s=round(children_cpu_s() - children_before, 1),
         total_s=round(time.monotonic() - started_all, 1),
-        round_ratios=tuple(
-            (
-                round(e.single_row_ms_p50 / b.single_row_ms_p50, 2),
-                round(e.batch_rows_per_s / b.batch_rows_per_s, 2),
-            )
-            for b, e in zip(bare_rounds, engine_rounds, strict=True)
-        ),
+    )
+
+
+SINGLE_PER_TURN, SINGLE_TURNS = 50, 60
+BATCH_PER_TURN, BATCH_TURNS = 5, 60
+IDLE_GAP_S = 0.002  # between the requests whose CPU time is measured
+IDLE_CALLS = 200
+
+
+def _ratio_summary(ratios: list[float]) -> tuple[float, float, float]:
+    """The median of per-turn ratios, and their 10th and 90th percentiles."""
+    return (
+        round(float(np.median(ratios)), 3),
+        round(float(np.percentile(ratios, 10)), 3),
+        round(float(np.percentile(ratios, 90)), 3),
+    )
+
+
+def _cpu_ms_per_call(call: Callable[[], object]) -> float:
+    """Process CPU time (every thread's) per call, the calls ``IDLE_GAP_S`` apart, as requests
+    that come one at a time: what workers that spin between runs burn is counted."""
+    for _ in range(10):
+        call()
+    started = time.process_time()
+    for _ in range(IDLE_CALLS):
+        call()
+        time.sleep(IDLE_GAP_S)
+    return round((time.process_time() - started) / IDLE_CALLS * 1000, 3)
+
+
+def compare_with_bare_sessions(
+    bundle: Path, trust: Path, rows: np.ndarray, timing: TimingSettings
+) -> EngineComparison:
+    """The scoring engine's Python API against bare onnxruntime sessions on the same model.
+
+    The engine's ``predict`` and its own session called bare (``session.run`` on a prepared
+    array: the profile's threads, idle workers that sleep) take turns block by block, on the
+    same float32 rows (the model's input type); the engine also on float64 rows (it converts
+    them). Then, on their
+    own, a bare session with onnxruntime's default options (idle workers spin), and the CPU
+    time per request of both kinds of session when requests come a little apart.
+    """
+    verified = verify_bundle(bundle, load_trust_store(trust))
+    engine = ScoringEngine.open(bundle, load_trust_store(trust))
+    model = verified.entries[MODEL]
+    providers = ["CPUExecutionProvider"]
+    # The engine's own onnxruntime session, called bare: the same session object on both
+    # sides, so that the ratio is what the engine adds and nothing of how (or whether) two
+    # sessions and their thread pools differ.
+    as_engine = engine.session
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = engine.threads  # as the raspberry-pi-4 profile runs it
+    spinning = ort.InferenceSession(model, options, providers=providers)
+    name = as_engine.get_inputs()[0].name
+    singles32 = single_rows(rows, np.float32)
+    singles64 = single_rows(rows, np.float64)
+    n = len(singles32)
+    batch32 = tiled_batch(rows, timing.batch_size, np.float32)
+    batch64 = tiled_batch(rows, timing.batch_size, np.float64)
+    single = time_in_turns(
+        {
+            "bare": lambda i: as_engine.run(None, {name: singles32[i % n]}),
+            "engine": lambda i: engine.predict(singles32[i % n]),
+            "engine64": lambda i: engine.predict(singles64[i % n]),
+        },
+        SINGLE_PER_TURN,
+        SINGLE_TURNS,
+        timing.single_budget_s,
+        timing.warmup_calls,
+    )
+    batch = time_in_turns(
+        {
+            "bare": lambda i: as_engine.run(None, {name: batch32}),
+            "engine": lambda i: engine.predict(batch32),
+            "engine64": lambda i: engine.predict(batch64),
+        },
+        BATCH_PER_TURN,
+        BATCH_TURNS,
+        timing.batch_budget_s,
+        timing.warmup_calls,
+    )
+    spun_single = time_in_turns(
+        {"spinning": lambda i: spinning.run(None, {name: singles32[i % n]})},
+        SINGLE_PER_TURN,
+        SINGLE_TURNS,
+        timing.single_budget_s / 2,
+        timing.warmup_calls,
+    )
+    spun_batch = time_in_turns(
+        {"spinning": lambda i: spinning.run(None, {name: batch32})},
+        BATCH_PER_TURN,
+        BATCH_TURNS,
+        timing.batch_budget_s / 2,
+        timing.warmup_calls,
+    )
+
+    def side(single_turns: Turns, batch_turns: Turns, key: str) -> Timing:
+        return Timing(
+            single_row_ms_p50=round(single_turns.p50_ms(key), 4),
+            single_row_calls=single_turns.calls(key),
+            batch_rows_per_s=round(len(batch32) / (batch_turns.p50_ms(key) / 1000), 1),
+            batch_runs=batch_turns.calls(key),
+        )
+
+    return EngineComparison(
+        bundle_id=verified.bundle_id,
+        threads=engine.threads,
+        bare=side(single, batch, "bare"),
+        engine=side(single, batch, "engine"),
+        engine_float64=side(single, batch, "engine64"),
+        bare_spinning=side(spun_single, spun_batch, "spinning"),
+        single_ratio=_ratio_summary(single.ratios("engine", "bare")),
+        batch_ratio=_ratio_summary([1 / r for r in batch.ratios("engine", "bare")]),
+        single_ratio_float64=_ratio_summary(single.ratios("engine64", "bare")),
+        batch_ratio_float64=_ratio_summary([1 / r for r in batch.ratios("engine64", "bare")]),
+        turns=(len(single.seconds["bare"]), len(batch.seconds["bare"])),
+        cpu_ms_per_batch_sleeping=_cpu_ms_per_call(lambda: as_engine.run(None, {name: batch32})),
+        cpu_ms_per_batch_spinning=_cpu_ms_per_call(lambda: spinning.run(None, {name: batch32})),
     )
 
 

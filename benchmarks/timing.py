@@ -133,3 +133,58 @@ def combine(timings: Sequence[Timing]) -> Timing:
         single_row_ms_range=(min(p50s), max(p50s)),
         batch_rows_per_s_range=(min(rates), max(rates)),
     )
+
+
+@dataclass(frozen=True)
+class Turns:
+    """Several sides timed in turns: each side's seconds per call, turn by turn."""
+
+    seconds: dict[str, list[list[float]]]
+
+    def p50_ms(self, side: str) -> float:
+        """The side's median call over every turn, in milliseconds."""
+        return float(np.median([s for turn in self.seconds[side] for s in turn])) * 1000.0
+
+    def calls(self, side: str) -> int:
+        return sum(len(turn) for turn in self.seconds[side])
+
+    def ratios(self, side: str, reference: str) -> list[float]:
+        """Per turn: the side's median call over the reference's in the same turn."""
+        return [
+            float(np.median(a) / np.median(b))
+            for a, b in zip(self.seconds[side], self.seconds[reference], strict=True)
+        ]
+
+
+def time_in_turns(
+    calls: dict[str, Callable[[int], object]],
+    per_turn: int,
+    turns: int,
+    budget_s: float,
+    warmup_calls: int = 20,
+) -> Turns:
+    """Time each side's call ``per_turn`` times in turn with the others, for ``turns`` turns
+    (fewer once ``budget_s`` is spent), the order of the sides alternating from turn to turn.
+
+    On a host whose speed moves from one second to the next (a shared virtual machine), the
+    sides of one turn run within milliseconds of each other and meet the same conditions, so
+    the ratio of their medians turn by turn is steadier than a ratio of two sides timed one
+    after the other. A call is given its index (to cycle through rows).
+    """
+    for call in calls.values():
+        for i in range(warmup_calls):
+            call(i)
+    seconds: dict[str, list[list[float]]] = {side: [] for side in calls}
+    order = list(calls)
+    deadline = time.perf_counter() + budget_s
+    for turn in range(turns):
+        for side in order if turn % 2 == 0 else order[::-1]:
+            call, kept = calls[side], []
+            for i in range(per_turn):
+                start = time.perf_counter()
+                call(i)
+                kept.append(time.perf_counter() - start)
+            seconds[side].append(kept)
+        if time.perf_counter() > deadline:
+            break
+    return Turns(seconds)

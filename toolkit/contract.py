@@ -594,19 +594,16 @@ def is_clean_small_batch(contract: DataContract, data: np.ndarray) -> bool:
 def is_clean_batch(contract: DataContract, data: np.ndarray) -> bool:
     """:func:`is_clean_small_batch` for a float matrix of any number of rows.
 
-    Many rows are judged by each column's smallest and largest value (two reductions that
-    run along lines of many rows, and no mask as large as the batch): a column is inside its
-    range when both are, and a nan anywhere in it makes both nan, which compares False.
+    Many rows are judged by their smallest and largest values (two reductions along lines
+    of many rows, and no mask as large as the batch): the values are inside their ranges
+    when those are, and a nan anywhere makes them nan, which compares False.
     """
     if data.shape[0] <= SMALL_BATCH:
         return is_clean_small_batch(contract, data)
     low, high, whole = _CLEAN_CHECKS.get(
         (id(contract), data.dtype.str), (contract,), _clean_check_terms, contract, data.dtype
     )
-    smallest, largest = _column_extremes(data)
-    if not ((smallest >= low).all() and (largest <= high).all()):
-        return False
-    return _whole_where_needed(data, whole)
+    return _inside(data, low, high) and _whole_where_needed(data, whole)
 
 
 def _whole_where_needed(data: np.ndarray, whole: np.ndarray | None) -> bool:
@@ -620,21 +617,21 @@ def _whole_where_needed(data: np.ndarray, whole: np.ndarray | None) -> bool:
     return True
 
 
-def _column_extremes(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each column's smallest and largest value (nan where the column holds one)."""
+def _inside(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether every value of a matrix of many rows lies within its column's ``[low, high]``
+    (nan does not): the smallest and the largest value of each place in a line of ``_LINE``
+    values (rows side by side) against the bounds repeated as often, the largest only when
+    the smallest passed."""
     n, width = data.shape
     tile = max(1, _LINE // max(width, 1))
     aligned = n // tile * tile
     if not width or not aligned or not data.flags.c_contiguous:
-        return data.min(axis=0), data.max(axis=0)
-    lines = data[:aligned].reshape(-1, tile * width)  # tile rows side by side per line
-    smallest = lines.min(axis=0).reshape(tile, width).min(axis=0)
-    largest = lines.max(axis=0).reshape(tile, width).max(axis=0)
-    if aligned < n:
-        rest = data[aligned:]
-        smallest = np.minimum(smallest, rest.min(axis=0))
-        largest = np.maximum(largest, rest.max(axis=0))
-    return smallest, largest
+        return bool((data.min(axis=0) >= low).all() and (data.max(axis=0) <= high).all())
+    lines = data[:aligned].reshape(-1, tile * width)
+    low_line, high_line = _bound_lines(low, high, tile)
+    if not (lines.min(axis=0) >= low_line).all() or not (lines.max(axis=0) <= high_line).all():
+        return False
+    return aligned == n or bool(_within(data[aligned:], low, high).all())
 
 
 def _clean_check_terms(
