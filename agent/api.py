@@ -49,7 +49,7 @@ from edgeml.agent.api_bodies import (
 )
 from edgeml.agent.api_sockets import ListenAddress, bind_server
 from edgeml.agent.telemetry import Observation, Outcome
-from edgeml.toolkit.contract import RangeCount, is_clean_batch
+from edgeml.toolkit.contract import RangeCount
 from edgeml.toolkit.errors import ConfigError, InputError
 from edgeml.toolkit.scoring import Predictions, ScoringEngine
 
@@ -480,7 +480,7 @@ class _Handler(BaseHTTPRequestHandler):
             if (  # numbers only, every one inside its range: nothing for the full check to say
                 isinstance(data, np.ndarray)
                 and data.dtype == engine.input_dtype
-                and is_clean_batch(engine.contract, data)
+                and engine.is_clean(data)
             ):
                 matrix = data
             else:

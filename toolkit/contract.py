@@ -517,7 +517,7 @@ def check_matrix(
     if data is None:
         data = matrix.astype(np.float64)
     n = data.shape[0]
-    if 0 < n <= SMALL_BATCH and is_clean_small_batch(contract, data):
+    if 0 < n <= SMALL_BATCH and is_clean_batch(contract, data):
         return _clean_report(contract, data, strict_range, source, first_row)
     findings: list[_Finding] = []
     blanked: dict[int, np.ndarray] = {}
@@ -570,87 +570,97 @@ def _bounds(contract: DataContract, dtype: np.dtype) -> tuple[np.ndarray, np.nda
     return _BOUNDS.get((id(contract), dtype.str), (contract,), _compute_bounds, contract, dtype)
 
 
+class CleanCheck:
+    """Whether a float matrix (columns in a contract's order, of one float type) is certainly
+    clean: every value inside its range (so not nan: no null), whole where the feature is
+    integer, 0 or 1 where it is boolean.
+
+    A True answer means the full check would find nothing at all; False only means the full
+    check must look (it finds and names what is wrong). This is the request path (the
+    scoring engine's ``predict``, the agent's local API): a few numpy calls instead of the
+    full bookkeeping. Make it once per contract and float type (:func:`clean_check`): what
+    it compares against is prepared then, and a request's rows are judged with nothing
+    else looked up.
+
+    A few rows (``SMALL_BATCH`` at most) are compared value by value. Many rows are judged by
+    their smallest and largest values, found by two reductions along lines of ``_LINE``
+    values (rows side by side) and compared with the bounds repeated as often, the largest
+    only when the smallest passed (no mask as large as the batch); a nan anywhere makes
+    them nan, which compares False.
+    """
+
+    __slots__ = ("_high", "_high_line", "_line", "_low", "_low_line", "_tile", "_whole")
+
+    def __init__(self, contract: DataContract, dtype: np.dtype) -> None:
+        low, high = _bounds(contract, dtype)
+        low, high = low.copy(), high.copy()
+        finite = np.finfo(dtype)
+        whole = [j for j, f in enumerate(contract.features) if f.kind != "float"]
+        for j, spec in enumerate(contract.features):
+            if spec.kind == "boolean":
+                low[j], high[j] = max(low[j], 0), min(high[j], 1)
+            elif spec.kind == "integer":  # inf is no whole number
+                low[j], high[j] = max(low[j], finite.min), min(high[j], finite.max)
+        width = len(contract.features)
+        self._low, self._high = low, high
+        self._tile = max(1, _LINE // max(width, 1))
+        self._line = self._tile * width
+        self._low_line, self._high_line = np.tile(low, self._tile), np.tile(high, self._tile)
+        for array in (low, high, self._low_line, self._high_line):
+            array.flags.writeable = False  # shared by every request, on every thread
+        self._whole: np.ndarray | None = (
+            None if len(whole) == width else np.array(whole, dtype=np.intp)
+        )
+
+    def __call__(self, data: np.ndarray) -> bool:
+        """Whether ``data`` (rows, features) of this check's float type is certainly clean."""
+        n = data.shape[0]
+        if n <= SMALL_BATCH or not self._line or not data.flags.c_contiguous:
+            # nan compares False without a warning (only ordering nan in a sort warns).
+            if n > SMALL_BATCH:  # column by column: no mask as large as the batch
+                inside = (data.min(axis=0) >= self._low).all() and (
+                    data.max(axis=0) <= self._high
+                ).all()
+            else:
+                inside = ((data >= self._low) & (data <= self._high)).all()
+            return bool(inside) and self._whole_where_needed(data)
+        aligned = n - n % self._tile
+        if aligned:
+            lines = data[:aligned].reshape(-1, self._line)
+            if not (lines.min(axis=0) >= self._low_line).all():
+                return False
+            if not (lines.max(axis=0) <= self._high_line).all():
+                return False
+        if aligned < n:
+            rest = data[aligned:]
+            if not ((rest >= self._low) & (rest <= self._high)).all():
+                return False
+        return self._whole_where_needed(data)
+
+    def _whole_where_needed(self, data: np.ndarray) -> bool:
+        """Whether the integer and boolean columns hold whole numbers only (the values are
+        known to be inside their bounds, which are finite for such columns)."""
+        if self._whole is None:  # every feature is integer or boolean
+            return bool((data == np.rint(data)).all())
+        if self._whole.size:
+            picked = data[:, self._whole]
+            return bool((picked == np.rint(picked)).all())
+        return True
+
+
 _CLEAN_CHECKS = _PerObject()
 
 
-def is_clean_small_batch(contract: DataContract, data: np.ndarray) -> bool:
-    """Whether a float matrix of a few rows (``SMALL_BATCH`` at most, columns in the
-    contract's order) is certainly clean: every value inside its range (so not nan: no null),
-    whole where the feature is integer, 0 or 1 where it is boolean.
-
-    A True answer means the full check would find nothing at all; False only means the full
-    check must look (it finds and names what is wrong). This is the single-row path of the
-    agent's local API: a handful of numpy calls instead of the full bookkeeping.
-    """
-    low, high, whole = _CLEAN_CHECKS.get(
-        (id(contract), data.dtype.str), (contract,), _clean_check_terms, contract, data.dtype
-    )
-    # nan compares False without a warning (only ordering nan in a sort warns).
-    if not ((data >= low) & (data <= high)).all():
-        return False
-    return _whole_where_needed(data, whole)
+def clean_check(contract: DataContract, dtype: np.dtype | type) -> CleanCheck:
+    """The :class:`CleanCheck` of a contract for matrices of ``dtype``, kept per contract."""
+    dtype = np.dtype(dtype)
+    return _CLEAN_CHECKS.get((id(contract), dtype.str), (contract,), CleanCheck, contract, dtype)
 
 
 def is_clean_batch(contract: DataContract, data: np.ndarray) -> bool:
-    """:func:`is_clean_small_batch` for a float matrix of any number of rows.
-
-    Many rows are judged by their smallest and largest values (two reductions along lines
-    of many rows, and no mask as large as the batch): the values are inside their ranges
-    when those are, and a nan anywhere makes them nan, which compares False.
-    """
-    if data.shape[0] <= SMALL_BATCH:
-        return is_clean_small_batch(contract, data)
-    low, high, whole = _CLEAN_CHECKS.get(
-        (id(contract), data.dtype.str), (contract,), _clean_check_terms, contract, data.dtype
-    )
-    return _inside(data, low, high) and _whole_where_needed(data, whole)
-
-
-def _whole_where_needed(data: np.ndarray, whole: np.ndarray | None) -> bool:
-    """Whether the columns ``whole`` (None: every one) hold whole numbers only (the values
-    are known to be inside their bounds, which are finite for such columns)."""
-    if whole is None:
-        return bool((data == np.rint(data)).all())
-    if whole.size:
-        picked = data[:, whole]
-        return bool((picked == np.rint(picked)).all())
-    return True
-
-
-def _inside(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
-    """Whether every value of a matrix of many rows lies within its column's ``[low, high]``
-    (nan does not): the smallest and the largest value of each place in a line of ``_LINE``
-    values (rows side by side) against the bounds repeated as often, the largest only when
-    the smallest passed."""
-    n, width = data.shape
-    tile = max(1, _LINE // max(width, 1))
-    aligned = n // tile * tile
-    if not width or not aligned or not data.flags.c_contiguous:
-        return bool((data.min(axis=0) >= low).all() and (data.max(axis=0) <= high).all())
-    lines = data[:aligned].reshape(-1, tile * width)
-    low_line, high_line = _bound_lines(low, high, tile)
-    if not (lines.min(axis=0) >= low_line).all() or not (lines.max(axis=0) <= high_line).all():
-        return False
-    return aligned == n or bool(_within(data[aligned:], low, high).all())
-
-
-def _clean_check_terms(
-    contract: DataContract, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """What :func:`is_clean_small_batch` compares: the bounds (narrowed to [0, 1] for a
-    boolean feature, to finite values for an integer one: inf is no whole number) and the
-    columns that must hold whole numbers (None: every one)."""
-    low, high = _bounds(contract, dtype)
-    low, high = low.copy(), high.copy()
-    finite = np.finfo(dtype)
-    whole = [j for j, f in enumerate(contract.features) if f.kind != "float"]
-    for j, spec in enumerate(contract.features):
-        if spec.kind == "boolean":
-            low[j], high[j] = max(low[j], 0), min(high[j], 1)
-        elif spec.kind == "integer":
-            low[j], high[j] = max(low[j], finite.min), min(high[j], finite.max)
-    columns = None if len(whole) == len(contract.features) else np.array(whole, dtype=np.intp)
-    return low, high, columns if whole else np.zeros(0, dtype=np.intp)
+    """Whether a float matrix of any number of rows (columns in the contract's order) is
+    certainly clean (:class:`CleanCheck`)."""
+    return clean_check(contract, data.dtype)(data)
 
 
 def _clean_report(

@@ -33,7 +33,7 @@ from edgeml.toolkit.contract import (
     DataContract,
     check_columns,
     check_matrix,
-    is_clean_batch,
+    clean_check,
 )
 from edgeml.toolkit.drift import Baseline
 from edgeml.toolkit.errors import BundleError, InputError
@@ -164,6 +164,9 @@ class ScoringEngine:
         self.input_dtype = np.dtype(np.float32 if dtypes == {"float32"} else np.float64)
         probe = feeds_for(manifest.inputs, np.zeros((1, len(self.contract.features))))
         self._spare_buffers: list[np.ndarray] = []  # see _conversion_buffer
+        self.is_clean = clean_check(self.contract, self.input_dtype)
+        """Whether a matrix of the model's float type (columns in input order) is certainly
+        clean: ``contract.CleanCheck``, what ``predict`` asks before it skips the full check."""
         self._single_input = (  # one input in the engine's dtype: a matrix feeds it as it is
             manifest.inputs[0].name
             if len(probe) == 1 and next(iter(probe.values())).dtype == self.input_dtype
@@ -360,7 +363,7 @@ class ScoringEngine:
             buffer = self._conversion_buffer(data)
             try:
                 matrix = self.as_input(data, out=buffer)  # what the full check would look at
-                if is_clean_batch(self.contract, matrix):
+                if self.is_clean(matrix):
                     return self.run(matrix)
             finally:
                 if buffer is not None and len(self._spare_buffers) < _SPARE_BUFFERS:

@@ -28,7 +28,6 @@ from edgeml.toolkit.contract import (
     check_columns,
     check_matrix,
     is_clean_batch,
-    is_clean_small_batch,
     missing_columns,
 )
 from edgeml.toolkit.errors import InputError
@@ -475,5 +474,5 @@ def test_inf_is_no_integer_on_the_fast_path_either() -> None:
 
 def test_clean_rows_take_the_fast_path_and_predict_the_same() -> None:
     clean = np.array([[1.0, 3.0, 1.0, -7.5], [10.0, 0.0, 0.0, 1e9]], dtype=np.float32)
-    assert is_clean_small_batch(CONTRACT, clean)
-    assert not is_clean_small_batch(CONTRACT, clean[:, [0, 1, 2, 3]] * np.array([1, 1, 2, 1]))
+    assert is_clean_batch(CONTRACT, clean)
+    assert not is_clean_batch(CONTRACT, clean[:, [0, 1, 2, 3]] * np.array([1, 1, 2, 1]))
