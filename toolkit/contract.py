@@ -589,7 +589,16 @@ class CleanCheck:
     them nan, which compares False.
     """
 
-    __slots__ = ("_high", "_high_line", "_line", "_low", "_low_line", "_tile", "_whole")
+    __slots__ = (
+        "_floats_only",
+        "_high",
+        "_high_line",
+        "_line",
+        "_low",
+        "_low_line",
+        "_tile",
+        "_whole",
+    )
 
     def __init__(self, contract: DataContract, dtype: np.dtype) -> None:
         low, high = _bounds(contract, dtype)
@@ -611,6 +620,7 @@ class CleanCheck:
         self._whole: np.ndarray | None = (
             None if len(whole) == width else np.array(whole, dtype=np.intp)
         )
+        self._floats_only = not whole
 
     def __call__(self, data: np.ndarray) -> bool:
         """Whether ``data`` (rows, features) of this check's float type is certainly clean."""
@@ -623,10 +633,10 @@ class CleanCheck:
                 ).all()
             else:
                 inside = ((data >= self._low) & (data <= self._high)).all()
-            return bool(inside) and self._whole_where_needed(data)
+            return bool(inside) and (self._floats_only or self._whole_where_needed(data))
         aligned = n - n % self._tile
         if aligned:
-            lines = data[:aligned].reshape(-1, self._line)
+            lines = (data if aligned == n else data[:aligned]).reshape(-1, self._line)
             if not (lines.min(axis=0) >= self._low_line).all():
                 return False
             if not (lines.max(axis=0) <= self._high_line).all():
@@ -635,7 +645,7 @@ class CleanCheck:
             rest = data[aligned:]
             if not ((rest >= self._low) & (rest <= self._high)).all():
                 return False
-        return self._whole_where_needed(data)
+        return self._floats_only or self._whole_where_needed(data)
 
     def _whole_where_needed(self, data: np.ndarray) -> bool:
         """Whether the integer and boolean columns hold whole numbers only (the values are

@@ -234,11 +234,11 @@ class ScoringEngine:
         """The features the model reads, in input order."""
         return tuple(f.name for f in self.contract.features)
 
-    @property
+    @functools.cached_property
     def task(self) -> str:
         return self.manifest.task
 
-    @property
+    @functools.cached_property
     def classes(self) -> tuple[Any, ...]:
         return tuple(self.manifest.classes or ())
 
@@ -360,22 +360,26 @@ class ScoringEngine:
             and data.shape[0] > 0
             and data.shape[1] == len(self.contract.features)
         ):
-            buffer = self._conversion_buffer(data)
-            try:
-                matrix = self.as_input(data, out=buffer)  # what the full check would look at
-                if self.is_clean(matrix):
-                    return self.run(matrix)
-            finally:
-                if buffer is not None and len(self._spare_buffers) < _SPARE_BUFFERS:
-                    self._spare_buffers.append(buffer)
+            if data.dtype == self.input_dtype:  # what the full check would look at, too
+                if self.is_clean(data):
+                    return self.run(data)
+            else:
+                buffer = self._conversion_buffer(data)
+                try:
+                    matrix = self.as_input(data, out=buffer)
+                    if self.is_clean(matrix):
+                        return self.run(matrix)
+                finally:
+                    if buffer is not None and len(self._spare_buffers) < _SPARE_BUFFERS:
+                        self._spare_buffers.append(buffer)
         report = self.check(data, strict_range=strict_range)
         report.raise_if_invalid()
         return self.run(report.matrix)
 
     def _conversion_buffer(self, data: np.ndarray) -> np.ndarray | None:
         """Where :meth:`predict` converts a batch of many rows to the model's float type: a
-        matrix kept from an earlier call, when one is large enough (None: no conversion is
-        needed, or the batch is small or too large to keep a matrix for).
+        matrix kept from an earlier call, when one is large enough (None: the batch is small,
+        or too large to keep a matrix for).
 
         A fresh matrix of a few hundred KiB per call comes from pages the allocator maps and
         faults in each time; on a 1,024-row batch of the reference MLP that cost about as much
@@ -385,7 +389,7 @@ class ScoringEngine:
         """
         rows, width = data.shape
         needed = rows * width * self.input_dtype.itemsize
-        if data.dtype == self.input_dtype or rows <= _BUFFERED_ROWS_MIN or needed > _BUFFER_MAX:
+        if rows <= _BUFFERED_ROWS_MIN or needed > _BUFFER_MAX:
             return None
         while self._spare_buffers:
             try:
