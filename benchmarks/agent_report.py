@@ -109,6 +109,7 @@ def rows(b: AgentBenchmark) -> list[tuple[str, str, str, str]]:
 
 def markdown_body(b: AgentBenchmark, env: Environment) -> str:
     """The section between the agent benchmark's markers."""
+    c = b.comparison
     lines = [
         f"The device agent serving `{b.bundle_id}` (the reference MLP (256, 128) on digits, "
         "built for raspberry-pi-4: int8), run as a real `edgeml agent run` process with a real "
@@ -158,11 +159,20 @@ def markdown_body(b: AgentBenchmark, env: Environment) -> str:
         "not a difference between two sessions or their thread pools.",
         "",
         "*Idle workers.* onnxruntime's default lets its workers spin for a while after each "
-        "run, waiting for more work: faster back to back, as the line timed on its own shows "
-        "(on its own, because its spinning workers take the cores from whatever runs next), "
-        "but on a device that answers requests one at a time they burn a core each after every "
-        "request (the CPU line, requests 2 ms apart). The engine's sessions let idle workers "
-        "sleep (`edgeml.toolkit.scoring.scoring_session`).",
+        "run, waiting for more work; the engine's sessions let them sleep "
+        "(`edgeml.toolkit.scoring.scoring_session`). Back to back, spinning may save the time "
+        "it takes to wake them (timed on its own, because spinning workers take the cores from "
+        "whatever runs next: here its batch throughput was "
+        f"{c.bare_spinning.batch_rows_per_s / c.bare.batch_rows_per_s:.2f}x the sleeping "
+        "session's; on this host it has moved between about 1x and 1.5x from run to run); on a "
+        "device that answers requests one at a time, the workers spin after every request, "
+        f"which cost {c.cpu_ms_per_batch_spinning / c.cpu_ms_per_batch_sleeping:.1f}x the CPU "
+        "time per request here (the CPU line, requests 2 ms apart).",
+        "",
+        "Until 2026-11-29 the bare side was a separate session with onnxruntime's default "
+        "options (spinning workers), the engine was given float64 rows, and the two were timed "
+        "one after the other in three rounds; figures on this page from before that day are "
+        "not comparable with these.",
     ]
     return "\n".join(lines)
 
