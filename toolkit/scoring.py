@@ -125,6 +125,9 @@ class ScoringEngine:
             thread (1 unless the engine was opened with ``split_batches``).
         input_dtype: the float type the model reads (float32 unless an input is not); rows
             are checked against the contract as the model receives them.
+        is_clean: whether a matrix of ``input_dtype`` (columns in input order) is certainly
+            clean (``contract.CleanCheck``): what ``predict`` asks before it skips the full
+            check and its report.
         warnings: what opening the bundle warned about (a missing execution provider).
     """
 
@@ -165,8 +168,6 @@ class ScoringEngine:
         probe = feeds_for(manifest.inputs, np.zeros((1, len(self.contract.features))))
         self._spare_buffers: list[np.ndarray] = []  # see _conversion_buffer
         self.is_clean = clean_check(self.contract, self.input_dtype)
-        """Whether a matrix of the model's float type (columns in input order) is certainly
-        clean: ``contract.CleanCheck``, what ``predict`` asks before it skips the full check."""
         self._single_input = (  # one input in the engine's dtype: a matrix feeds it as it is
             manifest.inputs[0].name
             if len(probe) == 1 and next(iter(probe.values())).dtype == self.input_dtype
