@@ -34,7 +34,6 @@ import queue
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ from edgeml.toolkit.contract import (
 )
 from edgeml.toolkit.drift import PSI_THRESHOLD, DriftCounts, DriftSummary, accumulate, summarise
 from edgeml.toolkit.errors import InputError
-from edgeml.toolkit.scoring import Predictions, ScoringEngine
+from edgeml.toolkit.scoring import ConversionBuffers, Predictions, ScoringEngine
 from edgeml.toolkit.tabular import Column
 
 ON_INVALID = ("fail", "skip", "quarantine")
@@ -378,34 +377,6 @@ class _TemporaryFiles:
                 temporary.unlink(missing_ok=True)
 
 
-class _Buffers:
-    """Matrices of the model's input type that converted batches are written into, used
-    again once their batch is scored.
-
-    Converting each batch into fresh memory costs a page fault per page (the kernel zeroes
-    every page it hands out), which took longer than the conversion itself; a few batches
-    are in flight at once, so a few buffers serve the whole file.
-    """
-
-    def __init__(self, rows: int, width: int, dtype: np.dtype) -> None:
-        self._shape = (rows, width)
-        self._dtype = dtype
-        self._free: deque[np.ndarray] = deque()  # append and pop are atomic
-
-    def take(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        """A buffer with room for a matrix of ``shape`` (None when it would not fit one)."""
-        if len(shape) != 2 or shape[0] > self._shape[0] or shape[1] != self._shape[1]:
-            return None
-        try:
-            return self._free.pop()
-        except IndexError:
-            return np.empty(self._shape, dtype=self._dtype)
-
-    def give_back(self, buffer: np.ndarray) -> None:
-        """Return a buffer whose batch nothing reads any more."""
-        self._free.append(buffer)
-
-
 def _when_all_done(futures: Sequence[Future[Any]], action: Callable[[], None]) -> None:
     """Call ``action`` once every one of ``futures`` is done (on the thread that finishes the
     last one), whether it succeeded, failed or was cancelled."""
@@ -472,7 +443,9 @@ class _Run:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.features = engine.features
-        self.buffers = _Buffers(options.batch_size, len(engine.features), engine.input_dtype)
+        self.buffers = ConversionBuffers(
+            len(engine.features), engine.input_dtype, max_rows=options.batch_size
+        )
 
     @property
     def counts(self) -> DriftCounts:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,53 @@ def probability_columns(classes: Sequence[Any]) -> list[str]:
     return [f"probability_{c}" for c in classes]
 
 
+class ConversionBuffers:
+    """Matrices of one float type and width that batches are converted into, used again once
+    given back.
+
+    Converting each batch into fresh memory costs a page fault per page (the kernel zeroes
+    every page it hands out), which took longer than the conversion itself: for a file's
+    batches (``edgeml score``), and for the batches ``ScoringEngine.predict`` is given. A
+    buffer taken is its taker's alone until given back; taking and giving back are safe on
+    several threads.
+    """
+
+    def __init__(self, width: int, dtype: np.dtype, max_rows: int, keep: int | None = None) -> None:
+        """Make an empty set of buffers.
+
+        Args:
+            width: the columns of every matrix.
+            dtype: their float type.
+            max_rows: the most rows a buffer holds; a larger matrix gets none.
+            keep: how many buffers given back are kept (None: every one; a file scorer's
+                are as many as its batches in flight).
+        """
+        self._width, self._dtype, self._max_rows, self._keep = width, dtype, max_rows, keep
+        self._free: deque[np.ndarray] = deque()  # append and pop are atomic
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """A buffer with room for a matrix of ``shape``: one given back, if one is large
+        enough, or a new one of ``rows`` rounded up to a power of two (``max_rows`` at most);
+        None when no buffer would fit one."""
+        if len(shape) != 2 or shape[1] != self._width or shape[0] > self._max_rows:
+            return None
+        rows = shape[0]
+        while True:
+            try:
+                buffer = self._free.pop()
+            except IndexError:  # none left (another thread may have taken the last)
+                break
+            if buffer.shape[0] >= rows:
+                return buffer
+        capacity = min(1 << max(rows - 1, 0).bit_length(), self._max_rows)
+        return np.empty((capacity, self._width), dtype=self._dtype)
+
+    def give_back(self, buffer: np.ndarray) -> None:
+        """Return a buffer whose matrix nothing reads any more."""
+        if self._keep is None or len(self._free) < self._keep:
+            self._free.append(buffer)
+
+
 class ScoringEngine:
     """A verified bundle ready to score rows; create it with :meth:`open`.
 
@@ -166,7 +214,12 @@ class ScoringEngine:
         dtypes = {spec.dtype for spec in manifest.inputs}
         self.input_dtype = np.dtype(np.float32 if dtypes == {"float32"} else np.float64)
         probe = feeds_for(manifest.inputs, np.zeros((1, len(self.contract.features))))
-        self._spare_buffers: list[np.ndarray] = []  # see _conversion_buffer
+        self._buffers = ConversionBuffers(  # what predict converts a float batch into
+            len(self.contract.features),
+            self.input_dtype,
+            _BUFFER_MAX // max(1, len(self.contract.features) * self.input_dtype.itemsize),
+            keep=_SPARE_BUFFERS,
+        )
         self.is_clean = clean_check(self.contract, self.input_dtype)
         self._single_input = (  # one input in the engine's dtype: a matrix feeds it as it is
             manifest.inputs[0].name
@@ -365,44 +418,19 @@ class ScoringEngine:
                 if self.is_clean(data):
                     return self.run(data)
             else:
-                buffer = self._conversion_buffer(data)
+                # Into a kept matrix, which never leaves predict: a batch that is not clean
+                # is checked again from ``data``, into a matrix of its own.
+                buffer = self._buffers.take(data.shape) if len(data) > _BUFFERED_ROWS_MIN else None
                 try:
                     matrix = self.as_input(data, out=buffer)
                     if self.is_clean(matrix):
                         return self.run(matrix)
                 finally:
-                    if buffer is not None and len(self._spare_buffers) < _SPARE_BUFFERS:
-                        self._spare_buffers.append(buffer)
+                    if buffer is not None:
+                        self._buffers.give_back(buffer)
         report = self.check(data, strict_range=strict_range)
         report.raise_if_invalid()
         return self.run(report.matrix)
-
-    def _conversion_buffer(self, data: np.ndarray) -> np.ndarray | None:
-        """Where :meth:`predict` converts a batch of many rows to the model's float type: a
-        matrix kept from an earlier call, when one is large enough (None: the batch is small,
-        or too large to keep a matrix for).
-
-        A fresh matrix of a few hundred KiB per call comes from pages the allocator maps and
-        faults in each time; on a 1,024-row batch of the reference MLP that cost about as much
-        as the contract check. The buffer never leaves :meth:`predict` (a batch that is not
-        clean is checked again from ``data``, into a matrix of its own), and each call takes
-        one to itself, so calls on several threads do not share one.
-        """
-        rows, width = data.shape
-        needed = rows * width * self.input_dtype.itemsize
-        if rows <= _BUFFERED_ROWS_MIN or needed > _BUFFER_MAX:
-            return None
-        while self._spare_buffers:
-            try:
-                buffer = self._spare_buffers.pop()
-            except IndexError:  # another thread took the last one
-                break
-            if buffer.shape[0] >= rows:
-                return buffer
-        capacity = min(
-            1 << (rows - 1).bit_length(), _BUFFER_MAX // (width * self.input_dtype.itemsize)
-        )
-        return np.empty((max(capacity, rows), width), dtype=self.input_dtype)
 
     def run(self, matrix: np.ndarray) -> Predictions:
         """Run the model on checked rows: a float matrix of the features, in input order."""
@@ -456,7 +484,7 @@ IDLE_WORKERS_SLEEP = {"session.intra_op.allow_spinning": "0"}
 
 _BUFFERED_ROWS_MIN = 64  # fewer rows are converted into a fresh matrix (small enough to be cheap)
 _BUFFER_MAX = 4 * 1024 * 1024  # the largest conversion matrix an engine keeps for reuse
-_SPARE_BUFFERS = 4  # conversion matrices an engine keeps (one per call running at once)
+_SPARE_BUFFERS = 4  # conversion matrices an engine keeps (one per predict call at once)
 
 
 def scoring_session(

@@ -156,7 +156,7 @@ def test_batches_converted_through_a_kept_matrix_give_their_own_predictions(
     expected = [engine.run(engine.check(b).matrix).probabilities for b in batches]
     for batch, probabilities in zip(batches * 3, expected * 3, strict=True):
         np.testing.assert_array_equal(engine.predict(batch).probabilities, probabilities)
-    kept = list(engine._spare_buffers)
+    kept = list(engine._buffers._free)
     assert kept and all(m.dtype == np.float32 and m.shape[0] >= 300 for m in kept)
 
     def score(i: int) -> bool:
@@ -165,14 +165,14 @@ def test_batches_converted_through_a_kept_matrix_give_their_own_predictions(
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(score, range(200)))
-    assert len(engine._spare_buffers) <= 4
+    assert len(engine._buffers._free) <= 4
 
     bad = batches[1].copy()
     bad[123, 4] = np.nan
     with pytest.raises(ContractViolation, match=r"row 124, column .*: no value") as caught:
         engine.predict(bad)
     matrix = caught.value.report.matrix
-    assert not any(np.shares_memory(matrix, m) for m in engine._spare_buffers)
+    assert not any(np.shares_memory(matrix, m) for m in engine._buffers._free)
 
 
 def test_input_of_the_wrong_shape_or_kind_is_an_input_error(engine: ScoringEngine) -> None:
