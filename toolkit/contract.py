@@ -611,29 +611,30 @@ class CleanCheck:
             elif spec.kind == "integer":  # inf is no whole number
                 low[j], high[j] = max(low[j], finite.min), min(high[j], finite.max)
         width = len(contract.features)
+        low.flags.writeable = high.flags.writeable = False  # shared by every request
         self._low, self._high = low, high
         self._tile = max(1, _LINE // max(width, 1))
         self._line = self._tile * width
-        self._low_line, self._high_line = np.tile(low, self._tile), np.tile(high, self._tile)
-        for array in (low, high, self._low_line, self._high_line):
-            array.flags.writeable = False  # shared by every request, on every thread
-        self._whole: np.ndarray | None = (
+        self._low_line, self._high_line = _tiled(low, high, self._tile)
+        self._whole: np.ndarray | None = (  # None: every feature is integer or boolean
             None if len(whole) == width else np.array(whole, dtype=np.intp)
         )
         self._floats_only = not whole
 
     def __call__(self, data: np.ndarray) -> bool:
         """Whether ``data`` (rows, features) of this check's float type is certainly clean."""
+        return self._inside(data) and (self._floats_only or self._whole_where_needed(data))
+
+    def _inside(self, data: np.ndarray) -> bool:
+        """Whether every value lies within its feature's bounds (nan does not: it compares
+        False, without a warning; only ordering nan in a sort warns)."""
         n = data.shape[0]
-        if n <= SMALL_BATCH or not self._line or not data.flags.c_contiguous:
-            # nan compares False without a warning (only ordering nan in a sort warns).
-            if n > SMALL_BATCH:  # column by column: no mask as large as the batch
-                inside = (data.min(axis=0) >= self._low).all() and (
-                    data.max(axis=0) <= self._high
-                ).all()
-            else:
-                inside = ((data >= self._low) & (data <= self._high)).all()
-            return bool(inside) and (self._floats_only or self._whole_where_needed(data))
+        if n <= SMALL_BATCH:
+            return bool(((data >= self._low) & (data <= self._high)).all())
+        if not self._line or not data.flags.c_contiguous:  # column by column
+            return bool(
+                (data.min(axis=0) >= self._low).all() and (data.max(axis=0) <= self._high).all()
+            )
         aligned = n - n % self._tile
         if aligned:
             lines = (data if aligned == n else data[:aligned]).reshape(-1, self._line)
@@ -641,21 +642,16 @@ class CleanCheck:
                 return False
             if not (lines.max(axis=0) <= self._high_line).all():
                 return False
-        if aligned < n:
-            rest = data[aligned:]
-            if not ((rest >= self._low) & (rest <= self._high)).all():
-                return False
-        return self._floats_only or self._whole_where_needed(data)
+        if aligned == n:
+            return True
+        rest = data[aligned:]
+        return bool(((rest >= self._low) & (rest <= self._high)).all())
 
     def _whole_where_needed(self, data: np.ndarray) -> bool:
         """Whether the integer and boolean columns hold whole numbers only (the values are
         known to be inside their bounds, which are finite for such columns)."""
-        if self._whole is None:  # every feature is integer or boolean
-            return bool((data == np.rint(data)).all())
-        if self._whole.size:
-            picked = data[:, self._whole]
-            return bool((picked == np.rint(picked)).all())
-        return True
+        picked = data if self._whole is None else data[:, self._whole]
+        return bool((picked == np.rint(picked)).all())
 
 
 _CLEAN_CHECKS = _PerObject()
