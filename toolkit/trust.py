@@ -444,7 +444,7 @@ def verify_successor(
 
 
 def _by_id(keys: Iterable[AnyPublicKey]) -> dict[str, PublicKey]:
-    return {key_id(k): PublicKey.of(k) for k in keys}
+    return {key.key_id: key for key in map(PublicKey.of, keys)}
 
 
 def new_trust_document(
